@@ -137,7 +137,7 @@ fn decode_base32_lower(body: &str) -> Option<Vec<u8>> {
 }
 
 fn decode_hex(body: &str) -> Option<Vec<u8>> {
-    if body.len() % 2 != 0 {
+    if !body.len().is_multiple_of(2) {
         return None;
     }
     (0..body.len())

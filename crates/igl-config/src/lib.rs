@@ -1,0 +1,44 @@
+//! Typed configuration of the IGL node, and the [`Component`] enum.
+//!
+//! One [`Settings`] value is loaded once at start-up by the binary with [`Settings::load`]
+//! (built-in defaults → optional TOML file → `IGL_*` environment variables with `__` nesting),
+//! validated, and then passed down explicitly. Nothing in this crate reads the process
+//! environment: the loader takes the variables as a parameter, so tests pass their own.
+//!
+//! ```
+//! use igl_config::{Component, DatabaseBackend, Settings};
+//!
+//! let env = [("IGL_NODE__JURISDICTION".to_owned(), "SG".to_owned())];
+//! let settings = Settings::load(None, env)?;
+//! assert_eq!(settings.node.jurisdiction, "SG");
+//! assert_eq!(settings.database.backend(), DatabaseBackend::Sqlite);
+//! assert!(settings.is_enabled(Component::Router));
+//! # Ok::<(), igl_config::ConfigError>(())
+//! ```
+//!
+//! # Layout
+//!
+//! - `settings`: the [`Settings`] tree, defaults and derived values (`database_url`, …).
+//! - `load`: [`Settings::load`] and the environment provider.
+//! - `validate`: [`Settings::validate`], which reports every problem at once.
+//! - `component`: [`Component`], every API and worker of the binary.
+//! - `secret`: [`SecretString`] and [`redact_url`], so `Debug` of settings is safe to log.
+//! - `error`: [`ConfigError`] and [`ConfigProblem`].
+#![warn(missing_docs)]
+
+mod component;
+mod error;
+mod load;
+mod secret;
+mod settings;
+mod validate;
+
+pub use component::{Component, ParseComponentError};
+pub use error::{ConfigError, ConfigProblem};
+pub use load::{ENV_NESTING_SEPARATOR, ENV_PREFIX};
+pub use secret::{REDACTED, SecretString, redact_url};
+pub use settings::{
+    DatabaseBackend, DatabaseSettings, DocumentSettings, HttpSettings, LogFormat, LogSettings,
+    NodeSettings, ObjectStoreSettings, ParseLogFormatError, QueueSettings, RetryPolicy,
+    RetryPolicyOverride, Settings,
+};

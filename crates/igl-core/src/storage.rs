@@ -1,0 +1,63 @@
+use async_trait::async_trait;
+use igl_domain::{Jurisdiction, MessageRef, MessageStatus, MessageUpdate, Multihash, NewMessage};
+
+use crate::{
+    EventLog, Inserted, JobQueue, JobReceipt, MessageStore, NewEvent, NewJob, ObjectAcl,
+    StoreError, Updated,
+};
+
+/// A transactional backend: every read port, plus [`Storage::begin`] for atomic writes.
+#[async_trait]
+pub trait Storage: MessageStore + JobQueue + EventLog + ObjectAcl {
+    /// Starts a unit of work. Nothing it does is visible to others before
+    /// [`UnitOfWork::commit`]; dropping it without committing rolls everything back.
+    async fn begin(&self) -> Result<Box<dyn UnitOfWork>, StoreError>;
+
+    /// Checks that the backend answers (for readiness probes).
+    async fn ping(&self) -> Result<(), StoreError>;
+}
+
+/// One transaction over messages, jobs, events and the object ACL.
+///
+/// This is the transactional outbox: a use case that changes a message enqueues the jobs
+/// and appends the events that change causes, and acks the job that triggered it, in the
+/// same unit of work, so that a crash at any point leaves either all of it or none.
+#[async_trait]
+pub trait UnitOfWork: Send {
+    /// Inserts a message by reference with `status`. If a message with the same reference
+    /// exists: same content → returns it with `created == false` (nothing changes);
+    /// different content → [`StoreError::MessageConflict`].
+    async fn insert_message(
+        &mut self,
+        message: &NewMessage,
+        status: MessageStatus,
+    ) -> Result<Inserted, StoreError>;
+
+    /// Applies `update` to the message under a row lock, following
+    /// [`igl_domain::Message::apply`]: [`StoreError::MessageNotFound`] or
+    /// [`StoreError::InvalidUpdate`] leave the message unchanged.
+    async fn update_message(
+        &mut self,
+        reference: &MessageRef,
+        update: &MessageUpdate,
+    ) -> Result<Updated, StoreError>;
+
+    /// Enqueues jobs; they become claimable when the unit of work commits.
+    async fn enqueue(&mut self, jobs: &[NewJob]) -> Result<(), StoreError>;
+
+    /// Acks held jobs as part of this unit of work; returns how many were still held.
+    async fn ack(&mut self, receipts: &[JobReceipt]) -> Result<u64, StoreError>;
+
+    /// Appends an event; returns `false` when an event with the same id already exists.
+    async fn append_event(&mut self, event: &NewEvent) -> Result<bool, StoreError>;
+
+    /// Allows `reader` to read the document `object` (idempotent).
+    async fn grant_object(
+        &mut self,
+        object: &Multihash,
+        reader: Jurisdiction,
+    ) -> Result<(), StoreError>;
+
+    /// Commits everything atomically.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}

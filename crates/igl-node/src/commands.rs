@@ -1,0 +1,300 @@
+//! One function per subcommand: load the configuration, set up logging and the runtime, then
+//! call into [`crate::run`].
+
+use std::io::{self, Write};
+use std::path::Path;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use igl_config::{ConfigError, LogFormat, ObjectStoreSettings, Settings};
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+use crate::cli::{Cli, Command, ConfigCommand, NodeArgs};
+use crate::{run, shutdown, telemetry};
+
+/// How long the runtime waits for blocking tasks after a command returns.
+const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The variables of the process environment, read once by `main`.
+#[derive(Debug)]
+pub struct ProcessEnv {
+    /// Every variable (UTF-8 ones only); the loader picks the `IGL_*` ones.
+    pub vars: Vec<(String, String)>,
+}
+
+impl ProcessEnv {
+    fn get(&self, name: &str) -> Option<&str> {
+        self.vars
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value.as_str())
+    }
+}
+
+/// Why a command failed; decides the exit code.
+#[derive(Debug)]
+pub enum CommandError {
+    /// The configuration is missing or invalid: exit code 2.
+    Config(ConfigError),
+    /// The command failed while running: exit code 1.
+    Runtime {
+        /// The error, reported with its whole chain.
+        error: anyhow::Error,
+        /// The log format in use, to also report the error as a structured event.
+        log_format: Option<LogFormat>,
+    },
+}
+
+impl CommandError {
+    fn runtime(error: anyhow::Error, log_format: LogFormat) -> Self {
+        CommandError::Runtime {
+            error,
+            log_format: Some(log_format),
+        }
+    }
+
+    /// Reports the error on stderr and returns the exit code: 2 for configuration errors,
+    /// with one line per problem; 1 for runtime errors, with the error chain.
+    pub fn report(self) -> ExitCode {
+        match self {
+            CommandError::Config(error) => {
+                eprint!("{}", render_config_error(&error));
+                ExitCode::from(2)
+            }
+            CommandError::Runtime { error, log_format } => {
+                if log_format == Some(LogFormat::Json) {
+                    // Log collectors see a structured event; the plain line below is for humans.
+                    tracing::error!(error = %format_args!("{error:#}"), "command failed");
+                }
+                eprintln!("error: {error:#}");
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+/// The stderr text for a configuration error: a header, then one line per problem.
+fn render_config_error(error: &ConfigError) -> String {
+    match error {
+        ConfigError::Invalid(problems) => {
+            let count = problems.len();
+            let plural = if count == 1 { "" } else { "s" };
+            let mut text = format!("error: invalid configuration ({count} problem{plural})\n");
+            for problem in problems {
+                // Continuation lines (e.g. of a TOML syntax error) stay under their problem.
+                let problem = problem.to_string().replace('\n', "\n    ");
+                text.push_str(&format!("  {problem}\n"));
+            }
+            text
+        }
+        other => {
+            let mut text = format!("error: {other}");
+            let mut source = std::error::Error::source(other);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text.push('\n');
+            text
+        }
+    }
+}
+
+/// Runs the command selected on the command line.
+///
+/// # Errors
+///
+/// [`CommandError::Config`] if the configuration cannot be loaded or is invalid,
+/// [`CommandError::Runtime`] if the command itself fails.
+pub fn execute(cli: Cli, env: ProcessEnv) -> Result<(), CommandError> {
+    let mut settings = load_settings(cli.config.as_deref(), &env)?;
+    if let Some(format) = cli.log_format {
+        settings.log.format = format.into();
+    }
+    match cli.command {
+        Command::Config {
+            command: ConfigCommand::Check,
+        } => {
+            check_config(&settings, cli.config.as_deref(), &env)?;
+            Ok(())
+        }
+        Command::Migrate => migrate(settings, &env),
+        Command::Node(args) => node(settings, args, &env),
+    }
+}
+
+fn load_settings(config_file: Option<&Path>, env: &ProcessEnv) -> Result<Settings, CommandError> {
+    Settings::load(config_file, env.vars.iter().cloned()).map_err(CommandError::Config)
+}
+
+/// Sets up logging from `settings.log` and `RUST_LOG`.
+fn init_logging(settings: &Settings, env: &ProcessEnv) -> Result<(), CommandError> {
+    let filter = telemetry::build_filter(&settings.log, env.get("RUST_LOG"))
+        .map_err(|problem| CommandError::Config(ConfigError::Invalid(vec![problem])))?;
+    telemetry::init(settings.log.format, filter).map_err(|error| CommandError::Runtime {
+        error,
+        log_format: None,
+    })
+}
+
+/// `igl config check`: prints a redacted summary on stdout.
+fn check_config(
+    settings: &Settings,
+    config_file: Option<&Path>,
+    env: &ProcessEnv,
+) -> Result<(), CommandError> {
+    // The log filter is only parsed by the binary; check it too.
+    telemetry::build_filter(&settings.log, env.get("RUST_LOG"))
+        .map_err(|problem| CommandError::Config(ConfigError::Invalid(vec![problem])))?;
+    let summary = render_summary(settings, config_file);
+    io::stdout()
+        .write_all(summary.as_bytes())
+        .context("failed to write the summary to stdout")
+        .map_err(|error| CommandError::runtime(error, settings.log.format))
+}
+
+/// The redacted summary printed by `igl config check`.
+fn render_summary(settings: &Settings, config_file: Option<&Path>) -> String {
+    let config_file = match config_file {
+        Some(path) => path.display().to_string(),
+        None => "none (built-in defaults and environment)".to_owned(),
+    };
+    let objects = match &settings.objects {
+        ObjectStoreSettings::Local { .. } => format!(
+            "local directory {}",
+            settings
+                .local_objects_path()
+                .expect("local object store has a path")
+                .display()
+        ),
+    };
+    let components: Vec<&str> = settings
+        .enabled_components()
+        .into_iter()
+        .map(|component| component.as_str())
+        .collect();
+    let lines = [
+        ("config file", config_file),
+        ("jurisdiction", settings.node.jurisdiction.clone()),
+        ("data dir", settings.node.data_dir.display().to_string()),
+        (
+            "database",
+            format!(
+                "{} {}",
+                settings.database.backend(),
+                settings.redacted_database_url()
+            ),
+        ),
+        ("objects", objects),
+        ("http bind", settings.http.bind.to_string()),
+        (
+            "log",
+            format!("{} (filter {:?})", settings.log.format, settings.log.filter),
+        ),
+        ("components", components.join(", ")),
+    ];
+    let mut summary = String::from("configuration is valid\n");
+    for (label, value) in lines {
+        summary.push_str(&format!("  {:<13} {value}\n", format!("{label}:")));
+    }
+    summary
+}
+
+/// `igl migrate`.
+fn migrate(settings: Settings, env: &ProcessEnv) -> Result<(), CommandError> {
+    init_logging(&settings, env)?;
+    let log_format = settings.log.format;
+    block_on(async move { run::migrate(&settings).await })
+        .map_err(|error| CommandError::runtime(error, log_format))
+}
+
+/// `igl node`: runs until SIGINT or SIGTERM.
+fn node(mut settings: Settings, args: NodeArgs, env: &ProcessEnv) -> Result<(), CommandError> {
+    if !args.components.is_empty() {
+        settings.components = args.components;
+    }
+    init_logging(&settings, env)?;
+    let log_format = settings.log.format;
+    block_on(async move {
+        let shutdown = CancellationToken::new();
+        shutdown::spawn_signal_listener(shutdown.clone())?;
+        let components: Vec<&str> = settings
+            .enabled_components()
+            .into_iter()
+            .map(|component| component.as_str())
+            .collect();
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            jurisdiction = %settings.node.jurisdiction,
+            components = %components.join(","),
+            "starting node"
+        );
+        run::node(settings, shutdown).await
+    })
+    .map_err(|error| CommandError::runtime(error, log_format))
+}
+
+/// Runs `future` on a new multi-threaded runtime, then shuts the runtime down, waiting at most
+/// [`RUNTIME_SHUTDOWN_TIMEOUT`] for blocking tasks.
+fn block_on<F>(future: F) -> anyhow::Result<()>
+where
+    F: Future<Output = anyhow::Result<()>>,
+{
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
+    let result = runtime.block_on(future);
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_TIMEOUT);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use igl_config::{ConfigProblem, SecretString};
+
+    use super::*;
+
+    #[test]
+    fn summary_is_redacted() {
+        let mut settings = Settings::default();
+        settings.database.url = Some(SecretString::new("postgres://igl:hunter2@db/igl"));
+        let summary = render_summary(&settings, None);
+        assert!(summary.contains("jurisdiction: AU"), "{summary}");
+        assert!(
+            summary.contains("postgres postgres://igl:[redacted]@db/igl"),
+            "{summary}"
+        );
+        assert!(!summary.contains("hunter2"), "{summary}");
+        assert!(
+            summary.contains("local directory ./data/objects"),
+            "{summary}"
+        );
+    }
+
+    #[test]
+    fn config_errors_render_one_problem_per_line() {
+        let error = ConfigError::Invalid(vec![
+            ConfigProblem::new("node.jurisdiction", "bad"),
+            ConfigProblem::new("database.url", "worse"),
+        ]);
+        assert_eq!(
+            render_config_error(&error),
+            "error: invalid configuration (2 problems)\n  node.jurisdiction: bad\n  database.url: worse\n"
+        );
+    }
+
+    #[test]
+    fn read_errors_render_their_cause() {
+        let error = ConfigError::ReadFile {
+            path: "/nope/igl.toml".into(),
+            source: io::Error::new(io::ErrorKind::NotFound, "not found"),
+        };
+        assert_eq!(
+            render_config_error(&error),
+            "error: cannot read configuration file /nope/igl.toml: not found\n"
+        );
+    }
+}

@@ -1,0 +1,301 @@
+//! Runs the built `igl` binary as a user would and checks its output and exit codes.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const IGL: &str = env!("CARGO_BIN_EXE_igl");
+
+/// A temporary working directory, so nothing is written into the source tree.
+struct Sandbox {
+    dir: tempfile::TempDir,
+}
+
+impl Sandbox {
+    fn new() -> Self {
+        Sandbox {
+            dir: tempfile::tempdir().expect("temporary directory"),
+        }
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    fn write_config(&self, toml: &str) -> PathBuf {
+        let path = self.dir.path().join("igl.toml");
+        std::fs::write(&path, toml).expect("write config file");
+        path
+    }
+
+    /// `igl` with a clean environment (no inherited `IGL_*` or `RUST_LOG`), run in the sandbox.
+    fn igl(&self) -> Command {
+        let mut command = Command::new(IGL);
+        command.env_clear().current_dir(self.dir.path());
+        command
+    }
+}
+
+fn run(command: &mut Command) -> (i32, String, String) {
+    let Output {
+        status,
+        stdout,
+        stderr,
+    } = command.output().expect("run igl");
+    (
+        status.code().expect("exit code (not killed by a signal)"),
+        String::from_utf8(stdout).expect("utf-8 stdout"),
+        String::from_utf8(stderr).expect("utf-8 stderr"),
+    )
+}
+
+#[test]
+fn version_prints_the_crate_version() {
+    let sandbox = Sandbox::new();
+    for flag in ["--version", "-V"] {
+        let (code, stdout, _) = run(sandbox.igl().arg(flag));
+        assert_eq!(code, 0);
+        assert_eq!(stdout.trim(), format!("igl {}", env!("CARGO_PKG_VERSION")));
+    }
+}
+
+#[test]
+fn config_check_with_defaults_succeeds() {
+    let sandbox = Sandbox::new();
+    let (code, stdout, stderr) = run(sandbox.igl().args(["config", "check"]));
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("jurisdiction: AU"), "{stdout}");
+    assert!(stdout.contains("sqlite sqlite://./data/igl.db"), "{stdout}");
+    assert!(stdout.contains("message-api"), "{stdout}");
+    assert!(
+        !sandbox.path().join("data").exists(),
+        "config check must not create files"
+    );
+}
+
+#[test]
+fn config_check_with_valid_file_prints_a_redacted_summary() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(
+        r#"
+        components = ["message-api", "router"]
+
+        [node]
+        jurisdiction = "SG"
+
+        [database]
+        url = "postgres://igl:correct-horse-battery@db.internal:5432/igl"
+        schema = "igl_sg"
+        "#,
+    );
+    let (code, stdout, stderr) = run(sandbox
+        .igl()
+        .args(["config", "check", "--config"])
+        .arg(&config));
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("jurisdiction: SG"), "{stdout}");
+    assert!(
+        stdout.contains("postgres postgres://igl:[redacted]@db.internal:5432/igl"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("message-api, router"), "{stdout}");
+    assert!(!stdout.contains("correct-horse-battery"), "{stdout}");
+    assert!(!stderr.contains("correct-horse-battery"), "{stderr}");
+}
+
+#[test]
+fn config_file_can_come_from_igl_config() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("[node]\njurisdiction = \"NZ\"\n");
+    let (code, stdout, stderr) = run(sandbox
+        .igl()
+        .args(["config", "check"])
+        .env("IGL_CONFIG", &config));
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(stdout.contains("jurisdiction: NZ"), "{stdout}");
+}
+
+#[test]
+fn config_check_with_invalid_file_exits_2_and_names_every_key() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(
+        r#"
+        [node]
+        jurisdiction = "Australia"
+
+        [database]
+        url = "mysql://root:hunter2@db/igl"
+        max_connections = 0
+        "#,
+    );
+    let (code, stdout, stderr) = run(sandbox
+        .igl()
+        .args(["--config"])
+        .arg(&config)
+        .args(["config", "check"]));
+    assert_eq!(code, 2, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(stdout.is_empty(), "{stdout}");
+    let lines: Vec<&str> = stderr.lines().collect();
+    assert_eq!(
+        lines[0], "error: invalid configuration (3 problems)",
+        "{stderr}"
+    );
+    assert!(
+        lines[1].contains("node.jurisdiction: \"Australia\""),
+        "{stderr}"
+    );
+    assert!(
+        lines[2].contains("database.url: unsupported scheme \"mysql\""),
+        "{stderr}"
+    );
+    assert!(lines[3].contains("database.max_connections: 0"), "{stderr}");
+    assert!(!stderr.contains("hunter2"), "{stderr}");
+}
+
+#[test]
+fn unknown_key_exits_2_and_names_it() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config("[node]\njurisdiction = \"AU\"\ncolour = \"blue\"\n");
+    let (code, _, stderr) = run(sandbox
+        .igl()
+        .args(["config", "check", "--config"])
+        .arg(&config));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("node.colour: unknown field \"colour\""),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn bad_jurisdiction_from_env_exits_2() {
+    let sandbox = Sandbox::new();
+    let (code, stdout, stderr) = run(sandbox
+        .igl()
+        .args(["config", "check"])
+        .env("IGL_NODE__JURISDICTION", "au"));
+    assert_eq!(code, 2, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stderr.contains(
+            "node.jurisdiction: \"au\" is not an upper-case ISO 3166-1 alpha-2 code \
+             (from environment variable IGL_NODE__JURISDICTION)"
+        ),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_config_file_exits_2() {
+    let sandbox = Sandbox::new();
+    let (code, _, stderr) = run(sandbox
+        .igl()
+        .args(["config", "check", "--config", "absent.toml"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.starts_with("error: cannot read configuration file absent.toml: "),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn invalid_log_filter_exits_2() {
+    let sandbox = Sandbox::new();
+    let (code, _, stderr) = run(sandbox
+        .igl()
+        .args(["config", "check"])
+        .env("IGL_LOG__FILTER", "igl=loudest"));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("log.filter: is not a valid log filter"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn unknown_component_flag_is_a_usage_error() {
+    let sandbox = Sandbox::new();
+    let (code, _, stderr) = run(sandbox.igl().args(["node", "--component", "routr"]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("routr"), "{stderr}");
+}
+
+#[test]
+fn migrate_succeeds_and_logs_json() {
+    let sandbox = Sandbox::new();
+    let (code, _, stderr) = run(sandbox
+        .igl()
+        .args(["migrate", "--log-format", "json"])
+        .env("IGL_DATABASE__URL", "postgres://igl:migrate-pw@db/igl"));
+    assert_eq!(code, 0, "{stderr}");
+    let first_line = stderr.lines().next().expect("a log line");
+    assert!(
+        first_line.starts_with('{') && first_line.contains("\"level\":\"INFO\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("migrate-pw"), "{stderr}");
+}
+
+#[cfg(unix)]
+#[test]
+fn node_stops_cleanly_on_sigterm() {
+    let sandbox = Sandbox::new();
+    let mut child = sandbox
+        .igl()
+        .args(["node", "--component", "admin-api", "--component", "router"])
+        .env("IGL_NODE__DATA_DIR", sandbox.path().join("data"))
+        .env("IGL_HTTP__BIND", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn igl node");
+
+    // Read stderr on a thread so the wait below has a deadline.
+    let stderr = child.stderr.take().expect("piped stderr");
+    let (lines_tx, lines_rx) = mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+
+    let mut seen = Vec::new();
+    loop {
+        let line = match lines_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(line) => line,
+            Err(error) => {
+                let _ = child.kill();
+                panic!("no \"starting node\" log line ({error}); got {seen:#?}");
+            }
+        };
+        let started = line.contains("starting node");
+        seen.push(line);
+        if started {
+            break;
+        }
+    }
+    assert!(
+        seen.last().unwrap().contains("admin-api,router"),
+        "{seen:#?}"
+    );
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+
+    let exit = child.wait().expect("wait for igl node");
+    reader.join().expect("stderr reader");
+    seen.extend(lines_rx.try_iter());
+    assert_eq!(exit.code(), Some(0), "{seen:#?}");
+    assert!(
+        seen.iter()
+            .any(|line| line.contains("shutdown signal received") && line.contains("SIGTERM")),
+        "{seen:#?}"
+    );
+}

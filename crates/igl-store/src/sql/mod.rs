@@ -1,0 +1,125 @@
+//! SQL backends: [`SqliteStore`] (embedded default) and [`PostgresStore`] (scale-out).
+//!
+//! Both implement every storage port of `igl-core` over the same schema (see
+//! `migrations/`), with timestamps stored as microseconds since the Unix epoch taken from
+//! the application clock. Replicas on several machines therefore need synchronised clocks
+//! (NTP); leases are tens of seconds, far above normal skew.
+
+mod postgres;
+mod rows;
+mod sqlite;
+mod wake;
+
+pub use postgres::PostgresStore;
+pub use sqlite::SqliteStore;
+
+use std::time::Duration;
+
+use igl_core::StoreError;
+use igl_domain::Timestamp;
+
+/// Converts a sqlx error into the port's error, classifying transient failures.
+pub(crate) fn store_error(error: sqlx::Error) -> StoreError {
+    use sqlx::Error as E;
+    match &error {
+        E::PoolTimedOut | E::PoolClosed | E::Io(_) | E::Tls(_) | E::WorkerCrashed => {
+            StoreError::Unavailable(Box::new(error))
+        }
+        E::Database(db) if is_transient_code(db.code().as_deref()) => {
+            StoreError::Unavailable(Box::new(error))
+        }
+        _ => StoreError::Backend(Box::new(error)),
+    }
+}
+
+/// SQLite BUSY/LOCKED, PostgreSQL serialization failures, deadlocks, too many connections,
+/// admin shutdown and "cannot connect now".
+fn is_transient_code(code: Option<&str>) -> bool {
+    matches!(
+        code,
+        Some("5" | "6" | "517" | "40001" | "40P01" | "53300" | "57P01" | "57P03")
+    )
+}
+
+pub(crate) fn migrate_error(error: sqlx::migrate::MigrateError) -> StoreError {
+    StoreError::Backend(Box::new(error))
+}
+
+/// Microseconds since the Unix epoch.
+pub(crate) fn to_micros(timestamp: Timestamp) -> i64 {
+    i64::try_from(timestamp.unix_timestamp_nanos() / 1_000).unwrap_or(i64::MAX)
+}
+
+/// The inverse of [`to_micros`].
+pub(crate) fn from_micros(micros: i64) -> Timestamp {
+    Timestamp::from_unix_timestamp_nanos(i128::from(micros) * 1_000)
+        .unwrap_or(Timestamp::UNIX_EPOCH)
+}
+
+pub(crate) fn now_micros() -> i64 {
+    to_micros(Timestamp::now_utc())
+}
+
+pub(crate) fn duration_micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// A random, positive lease token for one claim.
+pub(crate) fn new_lease_token() -> i64 {
+    rand::random::<i64>() & i64::MAX
+}
+
+/// The message of a job error, truncated to a sane size for storage.
+pub(crate) fn truncate_error(error: &str) -> String {
+    const MAX: usize = 4096;
+    if error.len() <= MAX {
+        return error.to_owned();
+    }
+    let mut end = MAX;
+    while !error.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &error[..end])
+}
+
+/// Groups receipts by lease token: a claim gives all its jobs one token, so a batch ack is
+/// usually a single statement.
+pub(crate) fn receipts_by_token(
+    receipts: &[igl_core::JobReceipt],
+) -> std::collections::BTreeMap<i64, Vec<i64>> {
+    let mut groups = std::collections::BTreeMap::<i64, Vec<i64>>::new();
+    for receipt in receipts {
+        groups
+            .entry(receipt.lease_token)
+            .or_default()
+            .push(receipt.id.0);
+    }
+    groups
+}
+
+/// Splits a predicate filter into an exact match or, with a trailing `*`, a prefix.
+pub(crate) fn predicate_filter(predicate: Option<&str>) -> (Option<&str>, Option<&str>) {
+    match predicate {
+        None => (None, None),
+        Some(predicate) => match predicate.strip_suffix('*') {
+            Some(prefix) => (None, Some(prefix)),
+            None => (Some(predicate), None),
+        },
+    }
+}
+
+/// The JSON text of a batch of jobs, bound as one parameter by the SQL adapters.
+pub(crate) fn jobs_json(jobs: &[igl_core::NewJob], now: i64) -> String {
+    let rows: Vec<serde_json::Value> = jobs
+        .iter()
+        .map(|job| {
+            serde_json::json!({
+                "q": job.queue.as_str(),
+                "p": job.payload.to_string(),
+                "r": now.saturating_add(duration_micros(job.delay)),
+                "k": job.dedup_key,
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}

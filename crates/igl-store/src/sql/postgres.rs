@@ -1,0 +1,683 @@
+//! The scale-out backend: PostgreSQL.
+//!
+//! Safe with many processes: claims use `FOR UPDATE SKIP LOCKED`, message updates lock the
+//! row, and enqueues send `NOTIFY igl_jobs, '<schema>/<queue>'` on commit so idle
+//! consumers in every process wake at once (with polling as the fallback if the listener
+//! connection drops). An optional schema isolates several nodes (or tests) in one database.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use igl_core::{
+    ClaimedJob, Cursor, DeadLetter, Event, EventLog, Inserted, JobQueue, JobReceipt, MessageFilter,
+    MessagePage, MessageStore, NewEvent, NewJob, ObjectAcl, QueueDepth, QueueName, Storage,
+    StoreError, UnitOfWork, Updated,
+};
+use igl_domain::{
+    Jurisdiction, Message, MessageRef, MessageStatus, MessageUpdate, Multihash, NewMessage,
+};
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
+use sqlx::{Connection, PgConnection, Postgres, Transaction};
+use tokio::task::JoinHandle;
+
+use super::rows::{DeadJobRow, EventRow, JobRow, MESSAGE_COLUMNS, MessageRow, parse_readers};
+use super::wake::Wakeups;
+use super::{
+    duration_micros, from_micros, jobs_json, migrate_error, new_lease_token, now_micros,
+    predicate_filter, receipts_by_token, store_error, to_micros, truncate_error,
+};
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The notification channel enqueues signal on.
+const JOBS_CHANNEL: &str = "igl_jobs";
+
+/// The PostgreSQL implementation of every storage port.
+#[derive(Debug, Clone)]
+pub struct PostgresStore {
+    pool: PgPool,
+    schema: String,
+    wakeups: Wakeups,
+    _listener: Arc<ListenerTask>,
+}
+
+/// Aborts the LISTEN task when the last clone of the store is dropped.
+#[derive(Debug)]
+struct ListenerTask(JoinHandle<()>);
+
+impl Drop for ListenerTask {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl PostgresStore {
+    /// Connects to `url` with up to `max_connections`, creates `schema` if given (otherwise
+    /// uses `public`), applies migrations (serialised across processes by an advisory lock)
+    /// and starts listening for enqueue notifications.
+    pub async fn connect(
+        url: &str,
+        max_connections: u32,
+        schema: Option<&str>,
+    ) -> Result<Self, StoreError> {
+        let mut options = PgConnectOptions::from_str(url).map_err(store_error)?;
+        let schema = schema.unwrap_or("public").to_owned();
+        if !is_identifier(&schema) {
+            return Err(StoreError::InvalidArgument(format!(
+                "{schema:?} is not a schema name"
+            )));
+        }
+        if schema != "public" {
+            let mut conn = PgConnection::connect_with(&options)
+                .await
+                .map_err(store_error)?;
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "CREATE SCHEMA IF NOT EXISTS {schema}"
+            )))
+            .execute(&mut conn)
+            .await
+            .map_err(store_error)?;
+            conn.close().await.map_err(store_error)?;
+            options = options.options([("search_path", schema.as_str())]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(30))
+            .connect_with(options)
+            .await
+            .map_err(store_error)?;
+        MIGRATOR.run(&pool).await.map_err(migrate_error)?;
+        let wakeups = Wakeups::default();
+        let listener = tokio::spawn(listen(pool.clone(), schema.clone(), wakeups.clone()));
+        Ok(Self {
+            pool,
+            schema,
+            wakeups,
+            _listener: Arc::new(ListenerTask(listener)),
+        })
+    }
+
+    /// Closes the pool.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn transaction(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
+        self.pool.begin().await.map_err(store_error)
+    }
+
+    fn notification(&self, queue: &str) -> String {
+        format!("{}/{queue}", self.schema)
+    }
+}
+
+fn is_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+}
+
+/// Forwards `NOTIFY igl_jobs` payloads of our schema to in-process waiters. Reconnects with
+/// backoff; while disconnected, consumers fall back to polling.
+async fn listen(pool: PgPool, schema: String, wakeups: Wakeups) {
+    let prefix = format!("{schema}/");
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut listener = match PgListener::connect_with(&pool).await {
+            Ok(listener) => listener,
+            Err(error) => {
+                tracing::warn!(error = %error, "job listener cannot connect, polling meanwhile");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+                continue;
+            }
+        };
+        if let Err(error) = listener.listen(JOBS_CHANNEL).await {
+            tracing::warn!(error = %error, "job listener cannot listen, polling meanwhile");
+            tokio::time::sleep(backoff).await;
+            continue;
+        }
+        backoff = Duration::from_millis(100);
+        loop {
+            match listener.recv().await {
+                Ok(notification) => {
+                    if let Some(queue) = notification.payload().strip_prefix(&prefix) {
+                        wakeups.wake(queue);
+                    }
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "job listener lost its connection");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl MessageStore for PostgresStore {
+    async fn get_message(&self, reference: &MessageRef) -> Result<Option<Message>, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        select_message(&mut conn, reference, false).await
+    }
+
+    async fn list_messages(&self, filter: &MessageFilter) -> Result<MessagePage, StoreError> {
+        let (exact, prefix) = predicate_filter(filter.predicate.as_deref());
+        let limit = filter.effective_limit();
+        let sql = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM messages \
+             WHERE ($1::bigint IS NULL OR updated_at >= $1) \
+               AND ($2::text IS NULL OR status = $2) \
+               AND ($3::text IS NULL OR predicate = $3) \
+               AND ($4::text IS NULL OR starts_with(predicate, $4)) \
+               AND ($5::text IS NULL OR sender = $5) \
+               AND ($6::text IS NULL OR receiver = $6) \
+               AND ($7::bigint IS NULL OR (updated_at, seq) > ($7, $8::bigint)) \
+             ORDER BY updated_at, seq LIMIT $9"
+        );
+        let rows: Vec<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(filter.updated_since.map(to_micros))
+            .bind(filter.status.map(MessageStatus::as_str))
+            .bind(exact)
+            .bind(prefix)
+            .bind(filter.sender.map(|j| j.to_string()))
+            .bind(filter.receiver.map(|j| j.to_string()))
+            .bind(filter.after.as_ref().map(|c| c.updated_at_micros))
+            .bind(filter.after.as_ref().map(|c| c.seq))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(store_error)?;
+        let next = (rows.len() == limit as usize)
+            .then(|| {
+                rows.last().map(|r| Cursor {
+                    updated_at_micros: r.updated_at,
+                    seq: r.seq,
+                })
+            })
+            .flatten();
+        let messages = rows
+            .into_iter()
+            .map(MessageRow::into_message)
+            .collect::<Result<_, _>>()?;
+        Ok(MessagePage { messages, next })
+    }
+}
+
+async fn select_message(
+    conn: &mut PgConnection,
+    reference: &MessageRef,
+    for_update: bool,
+) -> Result<Option<Message>, StoreError> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    let sql = format!(
+        "SELECT {MESSAGE_COLUMNS} FROM messages WHERE sender = $1 AND sender_ref = $2{lock}"
+    );
+    let row: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(reference.sender.as_str())
+        .bind(reference.sender_ref.as_str())
+        .fetch_optional(conn)
+        .await
+        .map_err(store_error)?;
+    row.map(MessageRow::into_message).transpose()
+}
+
+async fn insert_message(
+    conn: &mut PgConnection,
+    message: &NewMessage,
+    status: MessageStatus,
+) -> Result<Inserted, StoreError> {
+    let now = now_micros();
+    let sql = format!(
+        "INSERT INTO messages (sender, sender_ref, receiver, subject, obj, predicate, status, \
+         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         ON CONFLICT (sender, sender_ref) DO NOTHING RETURNING {MESSAGE_COLUMNS}"
+    );
+    let content = &message.content;
+    let inserted: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(content.sender.as_str())
+        .bind(message.sender_ref.as_str())
+        .bind(content.receiver.as_str())
+        .bind(&content.subject)
+        .bind(&content.obj)
+        .bind(&content.predicate)
+        .bind(status.as_str())
+        .bind(now)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(store_error)?;
+    if let Some(row) = inserted {
+        return Ok(Inserted {
+            message: row.into_message()?,
+            created: true,
+        });
+    }
+    let reference = message.reference();
+    let existing = select_message(conn, &reference, false)
+        .await?
+        .ok_or_else(|| StoreError::Backend("conflicting message vanished".into()))?;
+    if existing.content == message.content {
+        Ok(Inserted {
+            message: existing,
+            created: false,
+        })
+    } else {
+        Err(StoreError::MessageConflict(reference))
+    }
+}
+
+async fn update_message(
+    conn: &mut PgConnection,
+    reference: &MessageRef,
+    update: &MessageUpdate,
+) -> Result<Updated, StoreError> {
+    let before = select_message(conn, reference, true)
+        .await?
+        .ok_or_else(|| StoreError::MessageNotFound(reference.clone()))?;
+    let mut after = before.clone();
+    let changed = after
+        .apply(update, from_micros(now_micros()))
+        .map_err(|source| StoreError::InvalidUpdate {
+            reference: reference.clone(),
+            source,
+        })?;
+    if changed {
+        sqlx::query(
+            "UPDATE messages SET status = $1, channel_id = $2, channel_txn_id = $3, \
+             channel_status = $4, updated_at = $5 WHERE sender = $6 AND sender_ref = $7",
+        )
+        .bind(after.status.as_str())
+        .bind(&after.channel_id)
+        .bind(&after.channel_txn_id)
+        .bind(after.channel_status.map(|s| s.as_str()))
+        .bind(to_micros(after.updated_at))
+        .bind(reference.sender.as_str())
+        .bind(reference.sender_ref.as_str())
+        .execute(conn)
+        .await
+        .map_err(store_error)?;
+    }
+    Ok(Updated { before, after })
+}
+
+/// Inserts the jobs and, in the same statement, notifies every queue that got one.
+async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob], schema: &str) -> Result<(), StoreError> {
+    if jobs.is_empty() {
+        return Ok(());
+    }
+    let now = now_micros();
+    sqlx::query(
+        "WITH inserted AS ( \
+           INSERT INTO jobs (queue, payload, run_at, dedup_key, created_at) \
+           SELECT x.q, x.p, x.r, x.k, $2 \
+           FROM jsonb_to_recordset($1::jsonb) AS x(q text, p text, r bigint, k text) \
+           ON CONFLICT DO NOTHING RETURNING queue) \
+         SELECT pg_notify($3, $4 || '/' || queue) FROM (SELECT DISTINCT queue FROM inserted) q",
+    )
+    .bind(jobs_json(jobs, now))
+    .bind(now)
+    .bind(JOBS_CHANNEL)
+    .bind(schema)
+    .execute(conn)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+async fn ack(conn: &mut PgConnection, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
+    let mut removed = 0;
+    for (token, ids) in receipts_by_token(receipts) {
+        removed += sqlx::query("DELETE FROM jobs WHERE lease_token = $1 AND id = ANY($2)")
+            .bind(token)
+            .bind(ids)
+            .execute(&mut *conn)
+            .await
+            .map_err(store_error)?
+            .rows_affected();
+    }
+    Ok(removed)
+}
+
+async fn append_event(conn: &mut PgConnection, event: &NewEvent) -> Result<bool, StoreError> {
+    let result = sqlx::query(
+        "INSERT INTO events (id, kind, topic, payload, created_at) VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&event.id)
+    .bind(&event.kind)
+    .bind(&event.topic)
+    .bind(event.payload.to_string())
+    .bind(now_micros())
+    .execute(conn)
+    .await
+    .map_err(store_error)?;
+    Ok(result.rows_affected() == 1)
+}
+
+async fn grant_object(
+    conn: &mut PgConnection,
+    object: &Multihash,
+    reader: Jurisdiction,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO object_acl (object, reader, created_at) VALUES ($1, $2, $3) \
+         ON CONFLICT DO NOTHING",
+    )
+    .bind(object.to_string())
+    .bind(reader.as_str())
+    .bind(now_micros())
+    .execute(conn)
+    .await
+    .map_err(store_error)?;
+    Ok(())
+}
+
+#[async_trait]
+impl JobQueue for PostgresStore {
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        enqueue(&mut conn, jobs, &self.schema).await?;
+        for job in jobs {
+            self.wakeups.wake(job.queue.as_str());
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let now = now_micros();
+        let token = new_lease_token();
+        let mut rows: Vec<JobRow> = sqlx::query_as(
+            "UPDATE jobs SET lease_token = $1, run_at = $2, attempts = attempts + 1 \
+             WHERE id = ANY(ARRAY(SELECT id FROM jobs WHERE queue = $3 AND run_at <= $4 \
+                                  ORDER BY run_at, id LIMIT $5 FOR UPDATE SKIP LOCKED)) \
+             RETURNING id, queue, payload, attempts, created_at, dedup_key, last_error",
+        )
+        .bind(token)
+        .bind(now.saturating_add(duration_micros(lease)))
+        .bind(queue.as_str())
+        .bind(now)
+        .bind(i64::try_from(max).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.sort_by_key(|row| row.id);
+        rows.into_iter()
+            .map(|row| row.into_claimed(token))
+            .collect()
+    }
+
+    async fn ack(&self, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
+        let mut conn = self.pool.acquire().await.map_err(store_error)?;
+        ack(&mut conn, receipts).await
+    }
+
+    async fn retry(
+        &self,
+        receipt: JobReceipt,
+        delay: Duration,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let result = sqlx::query(
+            "UPDATE jobs SET lease_token = NULL, run_at = $3, last_error = $4 \
+             WHERE id = $1 AND lease_token = $2",
+        )
+        .bind(receipt.id.0)
+        .bind(receipt.lease_token)
+        .bind(now_micros().saturating_add(duration_micros(delay)))
+        .bind(truncate_error(error))
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn dead_letter(&self, receipt: JobReceipt, error: &str) -> Result<bool, StoreError> {
+        let moved = sqlx::query(
+            "WITH moved AS (DELETE FROM jobs WHERE id = $1 AND lease_token = $2 \
+                            RETURNING queue, payload, attempts, dedup_key, created_at) \
+             INSERT INTO dead_jobs (queue, payload, attempts, dedup_key, last_error, created_at, \
+                                    failed_at) \
+             SELECT queue, payload, attempts, dedup_key, $3, created_at, $4 FROM moved",
+        )
+        .bind(receipt.id.0)
+        .bind(receipt.lease_token)
+        .bind(truncate_error(error))
+        .bind(now_micros())
+        .execute(&self.pool)
+        .await
+        .map_err(store_error)?
+        .rows_affected();
+        Ok(moved == 1)
+    }
+
+    async fn extend_lease(&self, receipt: JobReceipt, lease: Duration) -> Result<bool, StoreError> {
+        let result = sqlx::query("UPDATE jobs SET run_at = $3 WHERE id = $1 AND lease_token = $2")
+            .bind(receipt.id.0)
+            .bind(receipt.lease_token)
+            .bind(now_micros().saturating_add(duration_micros(lease)))
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(result.rows_affected() == 1)
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: Option<&QueueName>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let rows: Vec<DeadJobRow> = sqlx::query_as(
+            "SELECT id, queue, payload, attempts, dedup_key, last_error, created_at, failed_at \
+             FROM dead_jobs WHERE ($1::text IS NULL OR queue = $1) AND id > $2 \
+             ORDER BY id LIMIT $3",
+        )
+        .bind(queue.map(QueueName::as_str))
+        .bind(after.unwrap_or(0))
+        .bind(i64::from(limit.clamp(1, 1000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.into_iter().map(DeadJobRow::into_dead_letter).collect()
+    }
+
+    async fn replay_dead_letter(&self, id: i64) -> Result<bool, StoreError> {
+        let mut tx = self.transaction().await?;
+        let dead: Option<(String, String, Option<String>, i64)> = sqlx::query_as(
+            "DELETE FROM dead_jobs WHERE id = $1 RETURNING queue, payload, dedup_key, created_at",
+        )
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        let Some((queue, payload, dedup_key, created_at)) = dead else {
+            return Ok(false);
+        };
+        sqlx::query(
+            "INSERT INTO jobs (queue, payload, run_at, dedup_key, created_at) \
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(&queue)
+        .bind(payload)
+        .bind(now_micros())
+        .bind(dedup_key)
+        .bind(created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(store_error)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(JOBS_CHANNEL)
+            .bind(self.notification(&queue))
+            .execute(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        tx.commit().await.map_err(store_error)?;
+        self.wakeups.wake(&queue);
+        Ok(true)
+    }
+
+    async fn depth(&self, queue: &QueueName) -> Result<QueueDepth, StoreError> {
+        let (ready, scheduled, in_flight, dead): (i64, i64, i64, i64) = sqlx::query_as(
+            "SELECT count(*) FILTER (WHERE run_at <= $2), \
+                    count(*) FILTER (WHERE run_at > $2 AND lease_token IS NULL), \
+                    count(*) FILTER (WHERE run_at > $2 AND lease_token IS NOT NULL), \
+                    (SELECT count(*) FROM dead_jobs WHERE queue = $1) \
+             FROM jobs WHERE queue = $1",
+        )
+        .bind(queue.as_str())
+        .bind(now_micros())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)?;
+        let count = |n: i64| u64::try_from(n).unwrap_or(0);
+        Ok(QueueDepth {
+            ready: count(ready),
+            scheduled: count(scheduled),
+            in_flight: count(in_flight),
+            dead: count(dead),
+        })
+    }
+
+    async fn wait_for_jobs(&self, queue: &QueueName, timeout: Duration) {
+        self.wakeups.wait(queue.as_str(), timeout).await;
+    }
+}
+
+#[async_trait]
+impl EventLog for PostgresStore {
+    async fn read_events(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
+        let rows: Vec<EventRow> = sqlx::query_as(
+            "SELECT seq, id, kind, topic, payload, created_at FROM events WHERE seq > $1 \
+             ORDER BY seq LIMIT $2",
+        )
+        .bind(after)
+        .bind(i64::from(limit.clamp(1, 10_000)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(store_error)?;
+        rows.into_iter().map(EventRow::into_event).collect()
+    }
+}
+
+#[async_trait]
+impl ObjectAcl for PostgresStore {
+    async fn may_read(&self, object: &Multihash, reader: Jurisdiction) -> Result<bool, StoreError> {
+        sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM object_acl WHERE object = $1 AND reader = $2)",
+        )
+        .bind(object.to_string())
+        .bind(reader.as_str())
+        .fetch_one(&self.pool)
+        .await
+        .map_err(store_error)
+    }
+
+    async fn readers(&self, object: &Multihash) -> Result<Vec<Jurisdiction>, StoreError> {
+        let readers: Vec<String> =
+            sqlx::query_scalar("SELECT reader FROM object_acl WHERE object = $1 ORDER BY reader")
+                .bind(object.to_string())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(store_error)?;
+        parse_readers(readers)
+    }
+}
+
+#[async_trait]
+impl Storage for PostgresStore {
+    async fn begin(&self) -> Result<Box<dyn UnitOfWork>, StoreError> {
+        let tx = self.transaction().await?;
+        Ok(Box::new(PostgresUnitOfWork {
+            tx,
+            schema: self.schema.clone(),
+            woken: Vec::new(),
+            wakeups: self.wakeups.clone(),
+        }))
+    }
+
+    async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.pool)
+            .await
+            .map_err(store_error)?;
+        Ok(())
+    }
+}
+
+/// A read-committed transaction; updated messages are locked with `FOR UPDATE`.
+struct PostgresUnitOfWork {
+    tx: Transaction<'static, Postgres>,
+    schema: String,
+    woken: Vec<QueueName>,
+    wakeups: Wakeups,
+}
+
+#[async_trait]
+impl UnitOfWork for PostgresUnitOfWork {
+    async fn insert_message(
+        &mut self,
+        message: &NewMessage,
+        status: MessageStatus,
+    ) -> Result<Inserted, StoreError> {
+        insert_message(&mut self.tx, message, status).await
+    }
+
+    async fn update_message(
+        &mut self,
+        reference: &MessageRef,
+        update: &MessageUpdate,
+    ) -> Result<Updated, StoreError> {
+        update_message(&mut self.tx, reference, update).await
+    }
+
+    async fn enqueue(&mut self, jobs: &[NewJob]) -> Result<(), StoreError> {
+        enqueue(&mut self.tx, jobs, &self.schema).await?;
+        self.woken.extend(jobs.iter().map(|job| job.queue.clone()));
+        Ok(())
+    }
+
+    async fn ack(&mut self, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
+        ack(&mut self.tx, receipts).await
+    }
+
+    async fn append_event(&mut self, event: &NewEvent) -> Result<bool, StoreError> {
+        append_event(&mut self.tx, event).await
+    }
+
+    async fn grant_object(
+        &mut self,
+        object: &Multihash,
+        reader: Jurisdiction,
+    ) -> Result<(), StoreError> {
+        grant_object(&mut self.tx, object, reader).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        let Self {
+            tx,
+            mut woken,
+            wakeups,
+            ..
+        } = *self;
+        tx.commit().await.map_err(store_error)?;
+        woken.sort();
+        woken.dedup();
+        for queue in woken {
+            wakeups.wake(queue.as_str());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,56 @@
+//! The `EventLog` contract.
+
+use igl_core::Storage;
+
+use crate::fixtures::event;
+
+/// Appends are idempotent by id and read back in order after a position.
+pub async fn append_is_idempotent_and_ordered(storage: &dyn Storage) {
+    let mut unit = storage.begin().await.unwrap();
+    assert!(
+        unit.append_event(&event("e1", "message.AU:1.status"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        unit.append_event(&event("e2", "UN.CEFACT.X.created"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !unit.append_event(&event("e1", "changed")).await.unwrap(),
+        "same id again"
+    );
+    unit.commit().await.unwrap();
+    let mut unit = storage.begin().await.unwrap();
+    assert!(!unit.append_event(&event("e2", "again")).await.unwrap());
+    assert!(
+        unit.append_event(&event("e3", "message.AU:1.received"))
+            .await
+            .unwrap()
+    );
+    unit.commit().await.unwrap();
+
+    let events = storage.read_events(0, 100).await.unwrap();
+    let ids: Vec<_> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["e1", "e2", "e3"]);
+    assert!(events.windows(2).all(|pair| pair[0].seq < pair[1].seq));
+    assert_eq!(
+        events[0].topic, "message.AU:1.status",
+        "the first append wins"
+    );
+    assert_eq!(
+        events[0].payload,
+        event("e1", "message.AU:1.status").payload
+    );
+    let after_first = storage.read_events(events[0].seq, 1).await.unwrap();
+    assert_eq!(after_first.len(), 1);
+    assert_eq!(after_first[0].id, "e2");
+    assert!(
+        storage
+            .read_events(events[2].seq, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}

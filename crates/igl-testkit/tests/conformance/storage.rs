@@ -1,0 +1,72 @@
+//! Storage ports (messages, jobs, events, ACL, units of work) on the SQL backends.
+
+/// Calls `$case!` once per conformance case: `by_ref` cases take `&dyn Storage`, `shared`
+/// cases take `Arc<dyn Storage>`.
+macro_rules! for_each_storage_case {
+    ($case:ident) => {
+        $case!(by_ref messages::insert_then_get);
+        $case!(by_ref messages::insert_is_idempotent_and_never_overwrites);
+        $case!(by_ref messages::update_follows_transition_rules);
+        $case!(by_ref messages::concurrent_updates_serialise);
+        $case!(by_ref messages::list_filters_and_pages);
+        $case!(by_ref messages::updates_move_messages_to_the_end);
+        $case!(by_ref jobs::enqueue_claim_ack);
+        $case!(by_ref jobs::delayed_jobs_wait);
+        $case!(by_ref jobs::dedup_key_suppresses_duplicates);
+        $case!(by_ref jobs::expired_lease_returns_the_job);
+        $case!(by_ref jobs::extend_lease_keeps_the_job);
+        $case!(by_ref jobs::retry_with_backoff);
+        $case!(by_ref jobs::dead_letter_and_replay);
+        $case!(by_ref events::append_is_idempotent_and_ordered);
+        $case!(by_ref acl::grants_are_per_object_and_reader);
+        $case!(by_ref unit_of_work::commit_makes_everything_visible);
+        $case!(by_ref unit_of_work::dropped_unit_leaves_nothing);
+        $case!(by_ref unit_of_work::failed_unit_leaves_nothing);
+        $case!(shared jobs::concurrent_consumers_never_share_a_job);
+        $case!(shared jobs::waiting_consumer_wakes_on_enqueue);
+    };
+}
+
+mod sqlite {
+    use igl_testkit::backends::sqlite as fresh;
+    use igl_testkit::conformance::*;
+
+    macro_rules! case {
+        (by_ref $module:ident :: $name:ident) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $module::$name(&*fresh().await.storage).await;
+            }
+        };
+        (shared $module:ident :: $name:ident) => {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $module::$name(fresh().await.storage.clone()).await;
+            }
+        };
+    }
+    for_each_storage_case!(case);
+}
+
+mod postgres {
+    use igl_testkit::backends::postgres as fresh;
+    use igl_testkit::conformance::*;
+
+    macro_rules! case {
+        (by_ref $module:ident :: $name:ident) => {
+            #[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $module::$name(&*fresh().await.storage).await;
+            }
+        };
+        (shared $module:ident :: $name:ident) => {
+            #[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                $module::$name(fresh().await.storage.clone()).await;
+            }
+        };
+    }
+    for_each_storage_case!(case);
+}
