@@ -44,6 +44,19 @@ pub enum Command {
     Migrate,
     /// Run the node (every enabled component) until SIGINT or SIGTERM.
     Node(NodeArgs),
+    /// Run a benchmark and print its figures (see docs/benchmarks.md).
+    Bench {
+        /// Which benchmark.
+        #[command(subcommand)]
+        benchmark: BenchCommand,
+    },
+}
+
+/// The subcommands of `igl bench`.
+#[derive(Debug, Subcommand)]
+pub enum BenchCommand {
+    /// Job queue throughput: enqueue, claim+ack, and both at once, through the worker runtime.
+    Queue(crate::bench::QueueBenchArgs),
 }
 
 /// The subcommands of `igl config`.

@@ -11,8 +11,8 @@ use igl_config::{ConfigError, LogFormat, ObjectStoreSettings, Settings};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::cli::{Cli, Command, ConfigCommand, NodeArgs};
-use crate::{run, shutdown, telemetry};
+use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, NodeArgs};
+use crate::{bench, run, shutdown, telemetry};
 
 /// How long the runtime waits for blocking tasks after a command returns.
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -122,6 +122,16 @@ pub fn execute(cli: Cli, env: ProcessEnv) -> Result<(), CommandError> {
         }
         Command::Migrate => migrate(settings, &env),
         Command::Node(args) => node(settings, args, &env),
+        Command::Bench { benchmark } => {
+            init_logging(&settings, &env)?;
+            let log_format = settings.log.format;
+            block_on(async move {
+                match benchmark {
+                    BenchCommand::Queue(args) => bench::run_queue_bench(args).await,
+                }
+            })
+            .map_err(|error| CommandError::runtime(error, log_format))
+        }
     }
 }
 

@@ -12,6 +12,7 @@
 //! - `shutdown`: SIGINT / SIGTERM → `CancellationToken`.
 //! - `run`: what `migrate` and `node` do once everything is set up (composition root).
 
+mod bench;
 mod cli;
 mod commands;
 mod run;

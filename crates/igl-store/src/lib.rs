@@ -1,7 +1,9 @@
 //! Storage adapters of the IGL node: SQL backends (SQLite, PostgreSQL) for messages, job
 //! queues, the event log and the object ACL, and object stores for documents.
 
+mod connect;
 pub mod objects;
 mod sql;
 
+pub use connect::{DatabaseOptions, open_storage};
 pub use sql::{PostgresStore, SqliteStore};

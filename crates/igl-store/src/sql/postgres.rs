@@ -99,6 +99,26 @@ impl PostgresStore {
         })
     }
 
+    /// Drops `schema` and everything in it (for benchmarks and test clean-up).
+    pub async fn drop_schema(url: &str, schema: &str) -> Result<(), StoreError> {
+        if !is_identifier(schema) || schema == "public" {
+            return Err(StoreError::InvalidArgument(format!(
+                "will not drop schema {schema:?}"
+            )));
+        }
+        let options = PgConnectOptions::from_str(url).map_err(store_error)?;
+        let mut conn = PgConnection::connect_with(&options)
+            .await
+            .map_err(store_error)?;
+        sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP SCHEMA IF EXISTS {schema} CASCADE"
+        )))
+        .execute(&mut conn)
+        .await
+        .map_err(store_error)?;
+        conn.close().await.map_err(store_error)
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -4,7 +4,12 @@
 //! store breaks the contract. [`object_store_conformance!`](crate::object_store_conformance)
 //! turns the whole suite into one `#[tokio::test]` per case for an adapter factory:
 //!
-//! ```ignore
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use igl_core::ObjectStore;
+//! use igl_store::objects::ObjectLake;
+//!
 //! async fn local_lake() -> (Arc<dyn ObjectStore>, tempfile::TempDir) {
 //!     let dir = tempfile::tempdir().expect("failed to create a temporary directory");
 //!     let lake = ObjectLake::local(dir.path()).expect("failed to open the object lake");
@@ -12,6 +17,7 @@
 //! }
 //!
 //! igl_testkit::object_store_conformance!(local_filesystem, local_lake);
+//! # fn main() {}
 //! ```
 
 use std::io;

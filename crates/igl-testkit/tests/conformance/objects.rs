@@ -130,7 +130,7 @@ async fn local_purge_deletes_stale_uploads_only() {
     assert_eq!(purged, 0, "fresh uploads must be kept");
     assert_eq!(entries(&uploads).len(), 2);
 
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
     let purged = lake
         .purge_stale_uploads(Duration::from_millis(10))
         .await

@@ -1,0 +1,536 @@
+use std::any::Any;
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::FutureExt as _;
+use igl_core::{ClaimedJob, JobId, JobQueue, JobReceipt, StoreError};
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, error, info, info_span, warn};
+
+use crate::handler::error_chain;
+use crate::metrics::WorkerMetrics;
+use crate::{Handled, JobError, JobHandler, RetryPolicy, WorkerConfig, WorkerError};
+
+/// Backoff after failed queue calls of the runtime itself (claim, ack): 50 ms doubling to
+/// 5 s, with equal jitter. `max_attempts` is unused: the loop never gives up.
+const STORAGE_BACKOFF: RetryPolicy = RetryPolicy {
+    max_attempts: u32::MAX,
+    base_delay: Duration::from_millis(50),
+    max_delay: Duration::from_secs(5),
+};
+
+/// How many times [`run_worker`] tries to ack a batch before leaving its jobs to come back
+/// after their leases (about 0.75 s of backoff in all).
+const ACK_ATTEMPTS: u32 = 5;
+
+/// The shortest interval between two lease extensions of a batch.
+const MIN_HEARTBEAT: Duration = Duration::from_millis(10);
+
+/// What [`drain`] did, summed over every batch it claimed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Jobs claimed (each claim of a job counts).
+    pub claimed: u64,
+    /// Jobs handled successfully (acked by the runtime or by the handler).
+    pub done: u64,
+    /// Failed jobs put back on the queue for a later attempt.
+    pub retried: u64,
+    /// Jobs moved to the dead-letter store.
+    pub dead_lettered: u64,
+    /// Jobs whose lease was lost before the runtime could ack, retry or dead-letter them
+    /// (another consumer took them over after the lease expired).
+    pub leases_lost: u64,
+}
+
+impl DrainReport {
+    fn add(&mut self, other: &Self) {
+        self.claimed += other.claimed;
+        self.done += other.done;
+        self.retried += other.retried;
+        self.dead_lettered += other.dead_lettered;
+        self.leases_lost += other.leases_lost;
+    }
+}
+
+/// Runs one worker: claims jobs of `config.queue` and hands them to `handler` until
+/// `shutdown` is cancelled.
+///
+/// Each round claims up to `config.claim_batch` jobs and handles them with up to
+/// `config.concurrency` in flight, each on its own task inside a `job` span:
+/// - a job claimed more than `retry.max_attempts` times (its earlier holders crashed or lost
+///   the lease) is dead-lettered without calling the handler, so a poison job that kills
+///   the process cannot do so forever;
+/// - [`Handled::Done`] jobs of the batch are acked together in one call once the whole batch
+///   is handled; [`Handled::AckedInTransaction`] jobs are left alone;
+/// - [`JobError::Transient`] (and a handler that panics or exceeds `job_timeout`) is
+///   retried after [`RetryPolicy::backoff`], [`JobError::RetryAfter`] after its own delay,
+///   and both are dead-lettered instead when the attempt was the last one;
+///   [`JobError::Permanent`] is dead-lettered at once;
+/// - while the batch runs, the leases of its unfinished jobs are extended every third of
+///   `config.lease`.
+///
+/// When the queue is empty the worker waits on [`JobQueue::wait_for_jobs`] for up to
+/// `config.idle_poll`, or until `shutdown`.
+///
+/// Cancellation is observed only between batches and while idle: a batch in progress is
+/// finished and acked first (graceful shutdown). To bound the wait, the caller can drop the
+/// future after a grace period; the jobs it held come back after their leases.
+///
+/// Storage errors never stop the worker: a failed claim is logged, counted in
+/// `igl_worker_storage_errors_total` and retried after an exponential backoff (50 ms to
+/// 5 s, reset by the next successful claim), whatever its kind. Exiting on a
+/// non-transient error would make the supervisor stop the whole node (STYLE R29), APIs
+/// included, over what is usually a blip or one bad row; an operator sees the error logs,
+/// the counter and `/readyz` instead. A failed ack is retried a few times, then left: the
+/// jobs come back after their leases and handlers are idempotent.
+///
+/// # Errors
+///
+/// [`WorkerError::InvalidConfig`] when `config` fails [`WorkerConfig::validate`]; nothing
+/// is claimed then. Otherwise the worker returns `Ok(())` once `shutdown` is cancelled.
+pub async fn run_worker(
+    queue: Arc<dyn JobQueue>,
+    handler: Arc<dyn JobHandler>,
+    config: WorkerConfig,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
+    let worker = handler.name();
+    config
+        .validate()
+        .map_err(|reason| WorkerError::InvalidConfig { worker, reason })?;
+    let span = info_span!("worker", worker, queue = %config.queue);
+    let runtime = Arc::new(Runtime::new(queue, handler, config));
+    runtime.run(shutdown).instrument(span).await;
+    Ok(())
+}
+
+/// Handles every job of `config.queue` that is due now, then returns: claims and handles
+/// batches (exactly as [`run_worker`] does) until a claim returns nothing, without waiting
+/// for new or scheduled jobs. Jobs retried with a delay stay scheduled, so a test can check
+/// the backoff and drain again once they are due.
+///
+/// This is how tests run workers deterministically instead of sleeping.
+///
+/// # Errors
+///
+/// [`WorkerError::InvalidConfig`] for an invalid `config`; [`WorkerError::Store`] for the
+/// first failed queue call (claim, ack, retry or dead-letter) — after finishing the batch
+/// in which it happened.
+pub async fn drain(
+    queue: &Arc<dyn JobQueue>,
+    handler: &Arc<dyn JobHandler>,
+    config: &WorkerConfig,
+) -> Result<DrainReport, WorkerError> {
+    let worker = handler.name();
+    config
+        .validate()
+        .map_err(|reason| WorkerError::InvalidConfig { worker, reason })?;
+    let span = info_span!("drain", worker, queue = %config.queue);
+    let runtime = Arc::new(Runtime::new(
+        Arc::clone(queue),
+        Arc::clone(handler),
+        config.clone(),
+    ));
+    runtime.drain().instrument(span).await
+}
+
+/// What one worker needs, shared by the loop and its job tasks.
+#[derive(Debug)]
+struct Runtime {
+    queue: Arc<dyn JobQueue>,
+    handler: Arc<dyn JobHandler>,
+    config: WorkerConfig,
+    metrics: WorkerMetrics,
+}
+
+/// The result of one batch.
+#[derive(Debug, Default)]
+struct BatchReport {
+    counts: DrainReport,
+    /// The first failed queue call, if any.
+    storage_error: Option<StoreError>,
+}
+
+/// What became of one job.
+#[derive(Debug)]
+enum JobOutcome {
+    /// Handled; the runtime acks it with the batch.
+    Ack(JobReceipt),
+    /// Handled and acked by the handler.
+    AckedInTransaction,
+    Retried,
+    DeadLettered,
+    /// The retry or dead-letter call found the lease gone.
+    LeaseLost,
+    /// The retry or dead-letter call failed; the job comes back after its lease.
+    StorageFailed(StoreError),
+}
+
+impl Runtime {
+    fn new(queue: Arc<dyn JobQueue>, handler: Arc<dyn JobHandler>, config: WorkerConfig) -> Self {
+        let metrics = WorkerMetrics::new(&config.queue, handler.name());
+        Self {
+            queue,
+            handler,
+            config,
+            metrics,
+        }
+    }
+
+    async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        info!(
+            concurrency = self.config.concurrency,
+            claim_batch = self.config.claim_batch,
+            "worker started"
+        );
+        let mut failed_claims: u32 = 0;
+        while !shutdown.is_cancelled() {
+            let jobs = match self.claim().await {
+                Ok(jobs) => {
+                    failed_claims = 0;
+                    jobs
+                }
+                Err(store_error) => {
+                    self.storage_error("claim", &store_error);
+                    failed_claims = failed_claims.saturating_add(1);
+                    let delay = STORAGE_BACKOFF.backoff(failed_claims, &mut rand::rng());
+                    tokio::select! {
+                        () = shutdown.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            if jobs.is_empty() {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    () = self.queue.wait_for_jobs(&self.config.queue, self.config.idle_poll) => {}
+                }
+                continue;
+            }
+            self.process_batch(jobs, ACK_ATTEMPTS).await;
+        }
+        info!("worker stopped");
+    }
+
+    async fn drain(self: Arc<Self>) -> Result<DrainReport, WorkerError> {
+        let mut total = DrainReport::default();
+        loop {
+            let jobs = self.claim().await.inspect_err(|store_error| {
+                self.storage_error("claim", store_error);
+            })?;
+            if jobs.is_empty() {
+                debug!(?total, "queue drained");
+                return Ok(total);
+            }
+            let batch = self.process_batch(jobs, 1).await;
+            total.add(&batch.counts);
+            if let Some(store_error) = batch.storage_error {
+                return Err(store_error.into());
+            }
+        }
+    }
+
+    async fn claim(&self) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.queue
+            .claim(
+                &self.config.queue,
+                self.config.claim_batch,
+                self.config.lease,
+            )
+            .await
+    }
+
+    /// Handles a claimed batch with up to `concurrency` jobs in flight, extending the leases
+    /// of unfinished jobs meanwhile, then acks the `Done` ones in one call.
+    async fn process_batch(
+        self: &Arc<Self>,
+        jobs: Vec<ClaimedJob>,
+        ack_attempts: u32,
+    ) -> BatchReport {
+        let mut report = BatchReport::default();
+        report.counts.claimed = jobs.len() as u64;
+        // Every job whose lease this batch still needs: not yet finished, or done and
+        // waiting for the batch ack.
+        let mut held: HashMap<JobId, JobReceipt> =
+            jobs.iter().map(|job| (job.id, job.receipt())).collect();
+        let mut to_ack = Vec::with_capacity(jobs.len());
+        let mut waiting = jobs.into_iter();
+        let mut running = JoinSet::new();
+        let heartbeat_period = (self.config.lease / 3).max(MIN_HEARTBEAT);
+        let mut heartbeat = tokio::time::interval_at(
+            tokio::time::Instant::now() + heartbeat_period,
+            heartbeat_period,
+        );
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+
+        loop {
+            while running.len() < self.config.concurrency {
+                let Some(job) = waiting.next() else { break };
+                let span = info_span!(
+                    "job",
+                    worker = self.handler.name(),
+                    queue = %job.queue,
+                    job.id = job.id.0,
+                    attempt = job.attempt,
+                );
+                running.spawn(Arc::clone(self).handle_job(job).instrument(span));
+            }
+            tokio::select! {
+                joined = running.join_next() => {
+                    // Nothing running means nothing waiting either (concurrency >= 1).
+                    let Some(joined) = joined else { break };
+                    match joined {
+                        Ok((job_id, outcome)) => {
+                            if !matches!(outcome, JobOutcome::Ack(_)) {
+                                held.remove(&job_id);
+                            }
+                            report.record(outcome, &mut to_ack);
+                        }
+                        // Handler panics are caught inside the task, so this is the
+                        // runtime shutting down; the job comes back after its lease.
+                        Err(join_error) => error!(error = %join_error, "job task failed"),
+                    }
+                }
+                _ = heartbeat.tick() => self.extend_leases(&mut held).await,
+            }
+        }
+
+        if !to_ack.is_empty() {
+            match self.ack(&to_ack, ack_attempts).await {
+                Ok(acked) => {
+                    let lost = (to_ack.len() as u64).saturating_sub(acked);
+                    if lost > 0 {
+                        warn!(
+                            lost,
+                            "leases lost before ack, those jobs will be handled again"
+                        );
+                        report.counts.leases_lost += lost;
+                    }
+                }
+                Err(store_error) => {
+                    error!(
+                        jobs = to_ack.len(),
+                        error = %error_chain(&store_error),
+                        "giving up acking a batch, its jobs will be handled again after their leases"
+                    );
+                    report.storage_error.get_or_insert(store_error);
+                }
+            }
+        }
+        report
+    }
+
+    /// Acks `receipts`, trying up to `attempts` times with backoff.
+    async fn ack(&self, receipts: &[JobReceipt], attempts: u32) -> Result<u64, StoreError> {
+        let mut failures = 0;
+        loop {
+            match self.queue.ack(receipts).await {
+                Ok(acked) => return Ok(acked),
+                Err(store_error) => {
+                    self.storage_error("ack", &store_error);
+                    failures += 1;
+                    if failures >= attempts {
+                        return Err(store_error);
+                    }
+                    let delay = STORAGE_BACKOFF.backoff(failures, &mut rand::rng());
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Extends the leases still held by the batch; forgets those that were lost.
+    async fn extend_leases(&self, held: &mut HashMap<JobId, JobReceipt>) {
+        let receipts: Vec<JobReceipt> = held.values().copied().collect();
+        for receipt in receipts {
+            match self.queue.extend_lease(receipt, self.config.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(
+                        job.id = receipt.id.0,
+                        "lease lost while the job was in progress"
+                    );
+                    held.remove(&receipt.id);
+                }
+                Err(store_error) => {
+                    // Best effort: the next heartbeat tries again.
+                    self.storage_error("extend_lease", &store_error);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Handles one job (inside its span) and records a failure.
+    async fn handle_job(self: Arc<Self>, job: ClaimedJob) -> (JobId, JobOutcome) {
+        let max_attempts = self.config.retry.max_attempts;
+        if job.attempt > max_attempts {
+            let last_error = job.last_error.as_deref().unwrap_or("none recorded");
+            let reason = format!("exceeded {max_attempts} attempts; last error: {last_error}");
+            error!(
+                error = %reason,
+                "job dead-lettered without handling, earlier attempts did not finish"
+            );
+            return (job.id, self.dead_letter(&job, &reason).await);
+        }
+
+        let started = Instant::now();
+        let handled = tokio::time::timeout(
+            self.config.job_timeout,
+            AssertUnwindSafe(self.handler.handle(&job)).catch_unwind(),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        self.metrics.job_duration(elapsed);
+
+        let outcome = match handled {
+            Ok(Ok(Ok(handled))) => {
+                debug!(
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    ?handled,
+                    "job done"
+                );
+                self.metrics.job_done();
+                match handled {
+                    Handled::Done => JobOutcome::Ack(job.receipt()),
+                    Handled::AckedInTransaction => JobOutcome::AckedInTransaction,
+                }
+            }
+            Ok(Ok(Err(JobError::Permanent(cause)))) => {
+                let reason = error_chain(cause.as_ref());
+                error!(error = %reason, "job failed permanently, dead-lettered");
+                self.dead_letter(&job, &reason).await
+            }
+            Ok(Ok(Err(JobError::Transient(cause)))) => {
+                self.retry_or_give_up(&job, None, error_chain(cause.as_ref()))
+                    .await
+            }
+            Ok(Ok(Err(JobError::RetryAfter(delay, cause)))) => {
+                self.retry_or_give_up(&job, Some(delay), error_chain(cause.as_ref()))
+                    .await
+            }
+            Ok(Err(panic)) => {
+                let reason = format!("handler panicked: {}", panic_message(&*panic));
+                self.retry_or_give_up(&job, None, reason).await
+            }
+            Err(_elapsed) => {
+                let reason = format!("handler timed out after {:?}", self.config.job_timeout);
+                self.retry_or_give_up(&job, None, reason).await
+            }
+        };
+        (job.id, outcome)
+    }
+
+    /// Retries a failed job after `delay` (or the policy's backoff), or dead-letters it when
+    /// this was its last attempt.
+    async fn retry_or_give_up(
+        &self,
+        job: &ClaimedJob,
+        delay: Option<Duration>,
+        reason: String,
+    ) -> JobOutcome {
+        let max_attempts = self.config.retry.max_attempts;
+        if job.attempt >= max_attempts {
+            error!(error = %reason, max_attempts, "job failed on its last attempt, dead-lettered");
+            return self.dead_letter(job, &reason).await;
+        }
+        let delay =
+            delay.unwrap_or_else(|| self.config.retry.backoff(job.attempt, &mut rand::rng()));
+        warn!(error = %reason, ?delay, "job failed, will retry");
+        match self.queue.retry(job.receipt(), delay, &reason).await {
+            Ok(true) => {
+                self.metrics.job_retried();
+                JobOutcome::Retried
+            }
+            Ok(false) => {
+                warn!("lease lost before the retry was recorded");
+                JobOutcome::LeaseLost
+            }
+            Err(store_error) => {
+                self.storage_error("retry", &store_error);
+                JobOutcome::StorageFailed(store_error)
+            }
+        }
+    }
+
+    async fn dead_letter(&self, job: &ClaimedJob, reason: &str) -> JobOutcome {
+        match self.queue.dead_letter(job.receipt(), reason).await {
+            Ok(true) => {
+                self.metrics.job_dead_lettered();
+                JobOutcome::DeadLettered
+            }
+            Ok(false) => {
+                warn!("lease lost before the job was dead-lettered");
+                JobOutcome::LeaseLost
+            }
+            Err(store_error) => {
+                self.storage_error("dead_letter", &store_error);
+                JobOutcome::StorageFailed(store_error)
+            }
+        }
+    }
+
+    fn storage_error(&self, operation: &'static str, store_error: &StoreError) {
+        self.metrics.storage_error();
+        let chain = error_chain(store_error);
+        if store_error.is_transient() {
+            warn!(operation, error = %chain, "job queue unavailable");
+        } else {
+            error!(operation, error = %chain, "job queue failed");
+        }
+    }
+}
+
+impl BatchReport {
+    fn record(&mut self, outcome: JobOutcome, to_ack: &mut Vec<JobReceipt>) {
+        match outcome {
+            JobOutcome::Ack(receipt) => {
+                to_ack.push(receipt);
+                self.counts.done += 1;
+            }
+            JobOutcome::AckedInTransaction => self.counts.done += 1,
+            JobOutcome::Retried => self.counts.retried += 1,
+            JobOutcome::DeadLettered => self.counts.dead_lettered += 1,
+            JobOutcome::LeaseLost => self.counts.leases_lost += 1,
+            JobOutcome::StorageFailed(store_error) => {
+                self.storage_error.get_or_insert(store_error);
+            }
+        }
+    }
+}
+
+/// The message of a caught panic (`panic!("…")` payloads are `&str` or `String`).
+fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&'static str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("non-string panic payload")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn panic_messages() {
+        let payload = std::panic::catch_unwind(|| panic!("boom {}", 1)).unwrap_err();
+        assert_eq!(panic_message(&*payload), "boom 1");
+        let payload = std::panic::catch_unwind(|| panic!("static boom")).unwrap_err();
+        assert_eq!(panic_message(&*payload), "static boom");
+        let payload = std::panic::catch_unwind(|| std::panic::panic_any(7_u8)).unwrap_err();
+        assert_eq!(panic_message(&*payload), "non-string panic payload");
+    }
+
+    #[test]
+    fn storage_backoff_is_capped() {
+        let mut rng = rand::rng();
+        assert!(STORAGE_BACKOFF.backoff(1, &mut rng) <= Duration::from_millis(50));
+        assert!(STORAGE_BACKOFF.backoff(u32::MAX, &mut rng) <= Duration::from_secs(5));
+    }
+}
