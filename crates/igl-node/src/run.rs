@@ -24,6 +24,7 @@ fn database_options(settings: &Settings) -> DatabaseOptions {
         url: settings.database_url(),
         max_connections: settings.database.max_connections,
         schema: settings.database.schema.clone(),
+        connect_timeout: settings.database.connect_timeout(),
     }
 }
 

@@ -222,18 +222,36 @@ fn unknown_component_flag_is_a_usage_error() {
 }
 
 #[test]
-fn migrate_succeeds_and_logs_json() {
+fn migrate_creates_the_database_and_logs_json() {
     let sandbox = Sandbox::new();
+    let data_dir = sandbox.path().join("data");
     let (code, _, stderr) = run(sandbox
         .igl()
         .args(["migrate", "--log-format", "json"])
-        .env("IGL_DATABASE__URL", "postgres://igl:migrate-pw@db/igl"));
+        .env("IGL_NODE__DATA_DIR", &data_dir));
     assert_eq!(code, 0, "{stderr}");
     let first_line = stderr.lines().next().expect("a log line");
     assert!(
         first_line.starts_with('{') && first_line.contains("\"level\":\"INFO\""),
         "{stderr}"
     );
+    assert!(stderr.contains("database schema is up to date"), "{stderr}");
+    assert!(data_dir.join("igl.db").is_file(), "the SQLite file exists");
+}
+
+#[test]
+fn migrate_failure_exits_1_without_leaking_the_password() {
+    let sandbox = Sandbox::new();
+    let (code, _, stderr) = run(sandbox
+        .igl()
+        .args(["migrate"])
+        .env(
+            "IGL_DATABASE__URL",
+            "postgres://igl:migrate-pw@db.invalid/igl",
+        )
+        .env("IGL_DATABASE__CONNECT_TIMEOUT_SECS", "2"));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(stderr.contains("cannot migrate the database"), "{stderr}");
     assert!(!stderr.contains("migrate-pw"), "{stderr}");
 }
 

@@ -15,6 +15,8 @@ pub struct DatabaseOptions {
     pub max_connections: u32,
     /// PostgreSQL schema (created if missing); `None` means `public`.
     pub schema: Option<String>,
+    /// How long to wait for a connection (to establish one, or for a free one in the pool).
+    pub connect_timeout: std::time::Duration,
 }
 
 /// Opens the backend named by the URL scheme and applies pending migrations (so `igl node`
@@ -31,8 +33,13 @@ pub async fn open_storage(options: &DatabaseOptions) -> Result<Arc<dyn Storage>,
             SqliteStore::connect(url, options.max_connections).await?,
         ))
     } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
-        let store =
-            PostgresStore::connect(url, options.max_connections, options.schema.as_deref()).await?;
+        let store = PostgresStore::connect_with_timeout(
+            url,
+            options.max_connections,
+            options.schema.as_deref(),
+            options.connect_timeout,
+        )
+        .await?;
         Ok(Arc::new(store))
     } else {
         Err(StoreError::InvalidArgument(

@@ -118,6 +118,7 @@ pub async fn run_queue_bench(args: QueueBenchArgs) -> anyhow::Result<()> {
         url: url.clone(),
         max_connections: u32::try_from(args.workers + args.producers + 4).unwrap_or(64),
         schema: schema.clone(),
+        connect_timeout: Duration::from_secs(10),
     };
     let storage = open_storage(&options)
         .await

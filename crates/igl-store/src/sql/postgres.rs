@@ -62,6 +62,16 @@ impl PostgresStore {
         max_connections: u32,
         schema: Option<&str>,
     ) -> Result<Self, StoreError> {
+        Self::connect_with_timeout(url, max_connections, schema, Duration::from_secs(30)).await
+    }
+
+    /// [`PostgresStore::connect`] waiting at most `timeout` for a connection.
+    pub async fn connect_with_timeout(
+        url: &str,
+        max_connections: u32,
+        schema: Option<&str>,
+        timeout: Duration,
+    ) -> Result<Self, StoreError> {
         let mut options = PgConnectOptions::from_str(url).map_err(store_error)?;
         let schema = schema.unwrap_or("public").to_owned();
         if !is_identifier(&schema) {
@@ -84,7 +94,7 @@ impl PostgresStore {
         }
         let pool = PgPoolOptions::new()
             .max_connections(max_connections.max(2))
-            .acquire_timeout(Duration::from_secs(30))
+            .acquire_timeout(timeout)
             .connect_with(options)
             .await
             .map_err(store_error)?;
