@@ -8,9 +8,11 @@
 
 mod error;
 mod events;
+pub mod ingest;
 mod jobs;
 mod messages;
 mod objects;
+pub mod pipeline;
 mod storage;
 
 pub use error::{BoxError, StoreError};
@@ -19,6 +21,8 @@ pub use jobs::{
     ClaimedJob, DeadLetter, JobId, JobQueue, JobReceipt, NewJob, QueueDepth, QueueName,
     QueueNameError,
 };
-pub use messages::{Cursor, Inserted, MessageFilter, MessagePage, MessageStore, Updated};
+pub use messages::{
+    Cursor, InsertOutcome, Inserted, MessageFilter, MessagePage, MessageStore, Updated,
+};
 pub use objects::{ByteStream, ObjectAcl, ObjectInfo, ObjectStore, ObjectStoreError};
 pub use storage::{Storage, UnitOfWork};

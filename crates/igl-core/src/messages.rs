@@ -26,6 +26,18 @@ pub struct Inserted {
     pub created: bool,
 }
 
+/// The outcome of inserting one message of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InsertOutcome {
+    /// The message was stored by this insert.
+    Created(Message),
+    /// A message with the same reference and content already existed (idempotent
+    /// re-submission); nothing changed.
+    Existing(Message),
+    /// A message with the same reference but different content exists; nothing changed.
+    Conflict(MessageRef),
+}
+
 /// The result of updating a message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Updated {

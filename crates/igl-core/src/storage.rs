@@ -2,8 +2,8 @@ use async_trait::async_trait;
 use igl_domain::{Jurisdiction, MessageRef, MessageStatus, MessageUpdate, Multihash, NewMessage};
 
 use crate::{
-    EventLog, Inserted, JobQueue, JobReceipt, MessageStore, NewEvent, NewJob, ObjectAcl,
-    StoreError, Updated,
+    EventLog, InsertOutcome, Inserted, JobQueue, JobReceipt, MessageStore, NewEvent, NewJob,
+    ObjectAcl, StoreError, Updated,
 };
 
 /// A transactional backend: every read port, plus [`Storage::begin`] for atomic writes.
@@ -31,7 +31,32 @@ pub trait UnitOfWork: Send {
         &mut self,
         message: &NewMessage,
         status: MessageStatus,
-    ) -> Result<Inserted, StoreError>;
+    ) -> Result<Inserted, StoreError> {
+        let batch = [(message.clone(), status)];
+        match self.insert_messages(&batch).await?.pop() {
+            Some(InsertOutcome::Created(message)) => Ok(Inserted {
+                message,
+                created: true,
+            }),
+            Some(InsertOutcome::Existing(message)) => Ok(Inserted {
+                message,
+                created: false,
+            }),
+            Some(InsertOutcome::Conflict(reference)) => Err(StoreError::MessageConflict(reference)),
+            None => Err(StoreError::Backend(
+                "batch insert returned no outcome".into(),
+            )),
+        }
+    }
+
+    /// Inserts many messages at once (group commit), with the semantics of
+    /// [`UnitOfWork::insert_message`] per message, in input order: one outcome per input.
+    /// A reference repeated within the batch is created once; later occurrences are
+    /// `Existing` (same content) or `Conflict`.
+    async fn insert_messages(
+        &mut self,
+        messages: &[(NewMessage, MessageStatus)],
+    ) -> Result<Vec<InsertOutcome>, StoreError>;
 
     /// Applies `update` to the message under a row lock, following
     /// [`igl_domain::Message::apply`]: [`StoreError::MessageNotFound`] or

@@ -241,7 +241,14 @@ fn node(mut settings: Settings, args: NodeArgs, env: &ProcessEnv) -> Result<(), 
             components = %components.join(","),
             "starting node"
         );
-        run::node(settings, shutdown).await
+        run::node(
+            igl_node::NodeOptions {
+                settings,
+                dev_token: None,
+            },
+            shutdown,
+        )
+        .await
     })
     .map_err(|error| CommandError::runtime(error, log_format))
 }

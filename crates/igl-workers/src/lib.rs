@@ -21,6 +21,7 @@
 mod config;
 mod error;
 mod handler;
+pub mod handlers;
 pub mod metrics;
 mod retry;
 mod runtime;

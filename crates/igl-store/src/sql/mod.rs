@@ -123,3 +123,92 @@ pub(crate) fn jobs_json(jobs: &[igl_core::NewJob], now: i64) -> String {
         .collect();
     serde_json::Value::Array(rows).to_string()
 }
+
+/// A message's identity in SQL: `(sender, sender_ref)`.
+pub(crate) type MessageKey = (String, String);
+
+pub(crate) fn message_key(message: &igl_domain::Message) -> MessageKey {
+    (
+        message.content.sender.to_string(),
+        message.sender_ref.to_string(),
+    )
+}
+
+/// The JSON rows of a batch insert: `[[sender, sender_ref, receiver, subject, obj,
+/// predicate, status], …]`, bound as one parameter by both SQL backends.
+pub(crate) fn messages_json(
+    messages: &[(igl_domain::NewMessage, igl_domain::MessageStatus)],
+) -> String {
+    let rows: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|(message, status)| {
+            let content = &message.content;
+            serde_json::json!([
+                content.sender.as_str(),
+                message.sender_ref.as_str(),
+                content.receiver.as_str(),
+                content.subject,
+                content.obj,
+                content.predicate,
+                status.as_str(),
+            ])
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// The `[[sender, sender_ref], …]` JSON of the inputs that were not created, to look up the
+/// rows they collided with.
+pub(crate) fn missing_keys_json(
+    messages: &[(igl_domain::NewMessage, igl_domain::MessageStatus)],
+    created: &std::collections::HashMap<MessageKey, igl_domain::Message>,
+) -> Option<String> {
+    let missing: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|(message, _)| {
+            (
+                message.content.sender.to_string(),
+                message.sender_ref.to_string(),
+            )
+        })
+        .filter(|key| !created.contains_key(key))
+        .map(|(sender, sender_ref)| serde_json::json!([sender, sender_ref]))
+        .collect();
+    (!missing.is_empty()).then(|| serde_json::Value::Array(missing).to_string())
+}
+
+/// Matches a batch's inputs with the rows it created and the rows it collided with, in
+/// input order. The first occurrence of a created reference is `Created`; any other input
+/// is `Existing` when its content equals the stored row, `Conflict` otherwise.
+pub(crate) fn resolve_outcomes(
+    messages: &[(igl_domain::NewMessage, igl_domain::MessageStatus)],
+    mut created: std::collections::HashMap<MessageKey, igl_domain::Message>,
+    existing: Vec<igl_domain::Message>,
+) -> Result<Vec<igl_core::InsertOutcome>, StoreError> {
+    use igl_core::InsertOutcome;
+    let mut known: std::collections::HashMap<MessageKey, igl_domain::Message> = existing
+        .into_iter()
+        .map(|message| (message_key(&message), message))
+        .collect();
+    let mut outcomes = Vec::with_capacity(messages.len());
+    for (message, _) in messages {
+        let key = (
+            message.content.sender.to_string(),
+            message.sender_ref.to_string(),
+        );
+        if let Some(stored) = created.remove(&key) {
+            known.insert(key, stored.clone());
+            outcomes.push(InsertOutcome::Created(stored));
+            continue;
+        }
+        let stored = known
+            .get(&key)
+            .ok_or_else(|| StoreError::Backend("conflicting message vanished".into()))?;
+        outcomes.push(if stored.content == message.content {
+            InsertOutcome::Existing(stored.clone())
+        } else {
+            InsertOutcome::Conflict(message.reference())
+        });
+    }
+    Ok(outcomes)
+}

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use igl_core::{
-    ClaimedJob, Cursor, DeadLetter, Event, EventLog, Inserted, JobQueue, JobReceipt, MessageFilter,
-    MessagePage, MessageStore, NewEvent, NewJob, ObjectAcl, QueueDepth, QueueName, Storage,
-    StoreError, UnitOfWork, Updated,
+    ClaimedJob, Cursor, DeadLetter, Event, EventLog, InsertOutcome, JobQueue, JobReceipt,
+    MessageFilter, MessagePage, MessageStore, NewEvent, NewJob, ObjectAcl, QueueDepth, QueueName,
+    Storage, StoreError, UnitOfWork, Updated,
 };
 use igl_domain::{
     Jurisdiction, Message, MessageRef, MessageStatus, MessageUpdate, Multihash, NewMessage,
@@ -25,9 +25,11 @@ use tokio::task::JoinHandle;
 use super::rows::{DeadJobRow, EventRow, JobRow, MESSAGE_COLUMNS, MessageRow, parse_readers};
 use super::wake::Wakeups;
 use super::{
-    duration_micros, from_micros, jobs_json, migrate_error, new_lease_token, now_micros,
-    predicate_filter, receipts_by_token, store_error, to_micros, truncate_error,
+    duration_micros, from_micros, jobs_json, message_key, messages_json, migrate_error,
+    missing_keys_json, new_lease_token, now_micros, predicate_filter, receipts_by_token,
+    resolve_outcomes, store_error, to_micros, truncate_error,
 };
+use std::collections::HashMap;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/postgres");
 
@@ -257,48 +259,49 @@ async fn select_message(
     row.map(MessageRow::into_message).transpose()
 }
 
-async fn insert_message(
+async fn insert_messages(
     conn: &mut PgConnection,
-    message: &NewMessage,
-    status: MessageStatus,
-) -> Result<Inserted, StoreError> {
-    let now = now_micros();
+    messages: &[(NewMessage, MessageStatus)],
+) -> Result<Vec<InsertOutcome>, StoreError> {
+    if messages.is_empty() {
+        return Ok(Vec::new());
+    }
     let sql = format!(
         "INSERT INTO messages (sender, sender_ref, receiver, subject, obj, predicate, status, \
-         created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) \
+         created_at, updated_at) \
+         SELECT x->>0, x->>1, x->>2, x->>3, x->>4, x->>5, x->>6, $2, $2 \
+         FROM jsonb_array_elements($1::jsonb) AS x \
          ON CONFLICT (sender, sender_ref) DO NOTHING RETURNING {MESSAGE_COLUMNS}"
     );
-    let content = &message.content;
-    let inserted: Option<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-        .bind(content.sender.as_str())
-        .bind(message.sender_ref.as_str())
-        .bind(content.receiver.as_str())
-        .bind(&content.subject)
-        .bind(&content.obj)
-        .bind(&content.predicate)
-        .bind(status.as_str())
-        .bind(now)
-        .fetch_optional(&mut *conn)
+    let rows: Vec<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        .bind(messages_json(messages))
+        .bind(now_micros())
+        .fetch_all(&mut *conn)
         .await
         .map_err(store_error)?;
-    if let Some(row) = inserted {
-        return Ok(Inserted {
-            message: row.into_message()?,
-            created: true,
-        });
+    let mut created = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let message = row.into_message()?;
+        created.insert(message_key(&message), message);
     }
-    let reference = message.reference();
-    let existing = select_message(conn, &reference, false)
-        .await?
-        .ok_or_else(|| StoreError::Backend("conflicting message vanished".into()))?;
-    if existing.content == message.content {
-        Ok(Inserted {
-            message: existing,
-            created: false,
-        })
-    } else {
-        Err(StoreError::MessageConflict(reference))
-    }
+    let existing = match missing_keys_json(messages, &created) {
+        None => Vec::new(),
+        Some(keys) => {
+            let sql = format!(
+                "SELECT {MESSAGE_COLUMNS} FROM messages WHERE (sender, sender_ref) IN \
+             (SELECT x->>0, x->>1 FROM jsonb_array_elements($1::jsonb) AS x)"
+            );
+            let rows: Vec<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                .bind(keys)
+                .fetch_all(&mut *conn)
+                .await
+                .map_err(store_error)?;
+            rows.into_iter()
+                .map(MessageRow::into_message)
+                .collect::<Result<_, _>>()?
+        }
+    };
+    resolve_outcomes(messages, created, existing)
 }
 
 async fn update_message(
@@ -657,12 +660,11 @@ struct PostgresUnitOfWork {
 
 #[async_trait]
 impl UnitOfWork for PostgresUnitOfWork {
-    async fn insert_message(
+    async fn insert_messages(
         &mut self,
-        message: &NewMessage,
-        status: MessageStatus,
-    ) -> Result<Inserted, StoreError> {
-        insert_message(&mut self.tx, message, status).await
+        messages: &[(NewMessage, MessageStatus)],
+    ) -> Result<Vec<InsertOutcome>, StoreError> {
+        insert_messages(&mut self.tx, messages).await
     }
 
     async fn update_message(

@@ -334,3 +334,67 @@ pub async fn updates_move_messages_to_the_end(storage: &dyn Storage) {
     let refs: Vec<_> = after.messages.iter().map(|m| m.reference()).collect();
     assert_eq!(refs, vec![first]);
 }
+
+/// A batch insert reports one outcome per input, in order: new references are created
+/// once, repeats (in the batch or already stored) are `Existing` with the same content and
+/// `Conflict` otherwise.
+pub async fn batch_insert_outcomes(storage: &dyn Storage) {
+    use igl_core::InsertOutcome;
+    let stored = message("AU", "SG", "stored");
+    insert(storage, &stored, MessageStatus::Pending).await;
+    let mut stored_changed = stored.clone();
+    stored_changed.content.subject = "changed".into();
+    let fresh = message("AU", "SG", "fresh");
+    let mut fresh_changed = fresh.clone();
+    fresh_changed.content.obj = "https://example.org/other".into();
+    let many: Vec<_> = (0..300)
+        .map(|i| message("AU", "NZ", &format!("bulk-{i}")))
+        .collect();
+
+    let mut batch = vec![
+        (fresh.clone(), MessageStatus::Pending),
+        (stored.clone(), MessageStatus::Pending),
+        (stored_changed, MessageStatus::Pending),
+        (fresh.clone(), MessageStatus::Pending),
+        (fresh_changed, MessageStatus::Pending),
+    ];
+    batch.extend(many.iter().map(|m| (m.clone(), MessageStatus::Received)));
+    let mut unit = storage.begin().await.unwrap();
+    let outcomes = unit.insert_messages(&batch).await.unwrap();
+    unit.commit().await.unwrap();
+
+    assert_eq!(outcomes.len(), batch.len());
+    assert!(matches!(&outcomes[0], InsertOutcome::Created(m) if m.sender_ref == fresh.sender_ref));
+    assert!(matches!(&outcomes[1], InsertOutcome::Existing(m) if m.content == stored.content));
+    assert!(matches!(&outcomes[2], InsertOutcome::Conflict(r) if *r == stored.reference()));
+    assert!(matches!(&outcomes[3], InsertOutcome::Existing(_)));
+    assert!(matches!(&outcomes[4], InsertOutcome::Conflict(_)));
+    for (outcome, expected) in outcomes[5..].iter().zip(&many) {
+        match outcome {
+            InsertOutcome::Created(m) => {
+                assert_eq!(m.content, expected.content);
+                assert_eq!(m.status, MessageStatus::Received);
+            }
+            other => panic!("expected created, got {other:?}"),
+        }
+    }
+    let everything = MessageFilter {
+        limit: 1000,
+        ..MessageFilter::default()
+    };
+    assert_eq!(
+        storage
+            .list_messages(&everything)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        302
+    );
+    let kept = storage
+        .get_message(&fresh.reference())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(kept.content, fresh.content, "the first occurrence wins");
+}

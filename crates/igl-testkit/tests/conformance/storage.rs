@@ -10,6 +10,7 @@ macro_rules! for_each_storage_case {
         $case!(by_ref messages::concurrent_updates_serialise);
         $case!(by_ref messages::list_filters_and_pages);
         $case!(by_ref messages::updates_move_messages_to_the_end);
+        $case!(by_ref messages::batch_insert_outcomes);
         $case!(by_ref jobs::enqueue_claim_ack);
         $case!(by_ref jobs::delayed_jobs_wait);
         $case!(by_ref jobs::dedup_key_suppresses_duplicates);

@@ -1,0 +1,32 @@
+//! The state shared by every handler.
+
+use std::sync::Arc;
+
+use igl_core::ingest::MessageIngest;
+use igl_core::{ObjectStore, Storage};
+use igl_domain::Jurisdiction;
+
+use crate::auth::Authenticator;
+
+/// Everything handlers need, behind one `Arc` (cheap to clone per request).
+pub type AppState = Arc<AppContext>;
+
+/// The ports and settings of the APIs.
+#[derive(Debug)]
+pub struct AppContext {
+    /// The jurisdiction this node acts for.
+    pub jurisdiction: Jurisdiction,
+    /// Messages, jobs, events, ACL.
+    pub storage: Arc<dyn Storage>,
+    /// Document bytes.
+    pub objects: Arc<dyn ObjectStore>,
+    /// Group-commit ingestion of new messages.
+    pub ingest: MessageIngest,
+    /// Caller authentication.
+    pub auth: Authenticator,
+    /// Largest document accepted, in bytes.
+    pub max_document_bytes: u64,
+    /// Serve documents to callers identified by the reference's unsigned `JWTBODY` header
+    /// or `?as_jurisdiction=` (insecure; compatibility only).
+    pub insecure_legacy_document_auth: bool,
+}

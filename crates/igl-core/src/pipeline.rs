@@ -1,0 +1,152 @@
+//! The message pipeline's queues, job payloads and events (ARCHITECTURE §3).
+//!
+//! Payloads are versioned, tagged JSON (`{"type":"process.v1",…}`): add a `v2` beside a
+//! `v1`, never change a `v1`, so jobs already queued survive a rolling upgrade.
+
+use igl_domain::{Message, MessageRef, MessageStatus};
+use serde::{Deserialize, Serialize};
+
+use crate::{NewEvent, NewJob, QueueName};
+
+/// Messages just stored, waiting for the processor.
+pub const PROCESS_QUEUE: QueueName = QueueName::from_static("process");
+/// Outbound messages waiting for the router.
+pub const ROUTE_QUEUE: QueueName = QueueName::from_static("route");
+/// Inbound messages whose document must be fetched from the sender.
+pub const OBJECT_RETRIEVAL_QUEUE: QueueName = QueueName::from_static("object-retrieval");
+
+/// A reference to a stored message, the payload of most pipeline jobs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageJob {
+    /// `{sender}:{sender_ref}`.
+    pub reference: String,
+}
+
+/// Jobs of the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum PipelineJob {
+    /// Process a newly stored message.
+    #[serde(rename = "process.v1")]
+    ProcessV1(MessageJob),
+    /// Route an outbound message to a channel.
+    #[serde(rename = "route.v1")]
+    RouteV1(MessageJob),
+    /// Fetch the document of an inbound message from the sender's Document API.
+    #[serde(rename = "object-retrieval.v1")]
+    RetrieveObjectV1 {
+        /// The message that referenced the document.
+        reference: String,
+        /// The sending jurisdiction, whose Document API serves the document.
+        sender: String,
+        /// The document's multihash.
+        object: String,
+    },
+}
+
+impl PipelineJob {
+    /// The job as a [`NewJob`] on its queue, deduplicated by message reference (and
+    /// object) so that a repeated handler does not queue the same work twice.
+    pub fn into_new_job(self) -> NewJob {
+        let (queue, dedup_key) = match &self {
+            Self::ProcessV1(job) => (PROCESS_QUEUE, job.reference.clone()),
+            Self::RouteV1(job) => (ROUTE_QUEUE, job.reference.clone()),
+            Self::RetrieveObjectV1 {
+                reference, object, ..
+            } => (OBJECT_RETRIEVAL_QUEUE, format!("{reference}/{object}")),
+        };
+        let payload = serde_json::to_value(&self).unwrap_or(serde_json::Value::Null);
+        NewJob::new(queue, payload).with_dedup_key(dedup_key)
+    }
+
+    /// A `process.v1` job for `reference`.
+    pub fn process(reference: &MessageRef) -> Self {
+        Self::ProcessV1(MessageJob {
+            reference: reference.to_string(),
+        })
+    }
+}
+
+/// The wire form of a message as the reference serialises it: `sender, receiver, subject,
+/// obj, predicate`, then `sender_ref` and `status` (REFERENCE-WIRE §1.1).
+pub fn reference_message_json(message: &Message, with_status: bool) -> serde_json::Value {
+    let content = &message.content;
+    let mut json = serde_json::json!({
+        "sender": content.sender.as_str(),
+        "receiver": content.receiver.as_str(),
+        "subject": content.subject,
+        "obj": content.obj,
+        "predicate": content.predicate,
+        "sender_ref": message.sender_ref.as_str(),
+    });
+    if with_status {
+        json["status"] = serde_json::Value::from(message.status.as_str());
+    }
+    json
+}
+
+/// Event kinds.
+pub mod event_kinds {
+    /// A message was stored (the "fat ping" on its predicate).
+    pub const MESSAGE_STORED: &str = "message.stored";
+    /// A message was received (the "light ping" `message.<ref>.received`).
+    pub const MESSAGE_RECEIVED: &str = "message.received";
+    /// A message's status changed (`message.<ref>.status`).
+    pub const MESSAGE_STATUS: &str = "message.status";
+}
+
+/// The events the processor publishes for a stored message (REFERENCE-WIRE §3.4): the fat
+/// ping on the predicate (message without status) and the light ping
+/// `message.<sender_ref>.received`. Ids are derived from the reference, so processing the
+/// same message twice appends them once.
+pub fn stored_message_events(message: &Message) -> [NewEvent; 2] {
+    let reference = message.reference();
+    let light_topic = format!("message.{}.received", message.sender_ref);
+    [
+        NewEvent {
+            id: format!("{reference}/stored"),
+            kind: event_kinds::MESSAGE_STORED.into(),
+            topic: message.content.predicate.clone(),
+            payload: reference_message_json(message, false),
+        },
+        NewEvent {
+            id: format!("{reference}/received"),
+            kind: event_kinds::MESSAGE_RECEIVED.into(),
+            topic: light_topic.clone(),
+            payload: serde_json::json!({"predicate": light_topic, "sender_ref": reference.to_string()}),
+        },
+    ]
+}
+
+/// The event for a status change of `message` to `status` (`message.<sender_ref>.status`).
+pub fn status_event(message: &Message, status: MessageStatus) -> NewEvent {
+    let reference = message.reference();
+    let topic = format!("message.{}.status", message.sender_ref);
+    NewEvent {
+        id: format!("{reference}/status/{status}"),
+        kind: event_kinds::MESSAGE_STATUS.into(),
+        topic: topic.clone(),
+        payload: serde_json::json!({"predicate": topic, "sender_ref": reference.to_string()}),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_payloads_are_tagged_and_versioned() {
+        let job = PipelineJob::ProcessV1(MessageJob {
+            reference: "AU:r1".into(),
+        });
+        let new = job.clone().into_new_job();
+        assert_eq!(new.queue, PROCESS_QUEUE);
+        assert_eq!(new.dedup_key.as_deref(), Some("AU:r1"));
+        assert_eq!(
+            new.payload,
+            serde_json::json!({"type": "process.v1", "reference": "AU:r1"})
+        );
+        let back: PipelineJob = serde_json::from_value(new.payload).unwrap();
+        assert_eq!(back, job);
+    }
+}

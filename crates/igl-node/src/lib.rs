@@ -1,0 +1,7 @@
+//! The IGL node as a library: the composition root that turns [`igl_config::Settings`]
+//! into running components (HTTP APIs and workers) on concrete backends. The `igl` binary
+//! and the integration tests both start nodes through [`start`].
+
+mod node;
+
+pub use node::{Backends, NodeOptions, RunningNode, open_backends, start};
