@@ -1,10 +1,18 @@
 //! HTTP APIs of the IGL node: one module per API, each exporting a router; [`app`] merges
 //! the enabled ones and [`serve`] runs them on a listener until shutdown.
 
+// `ApiError` (the reference error body) is returned only on the cold path of handlers;
+// boxing it would buy nothing measurable.
+#![allow(clippy::result_large_err)]
+
+pub mod admin;
 pub mod auth;
+pub mod documents;
 pub mod error;
 mod json;
 pub mod messages;
+pub mod openapi;
+pub mod reception;
 pub mod state;
 
 use axum::Router;
@@ -23,6 +31,8 @@ pub struct EnabledApis {
     pub documents: bool,
     /// Admin API (health, metrics, dead letters).
     pub admin: bool,
+    /// Message Reception API (channel-facing `/channel-message/{channel_id}`).
+    pub reception: bool,
 }
 
 impl EnabledApis {
@@ -32,18 +42,38 @@ impl EnabledApis {
             messages: true,
             documents: true,
             admin: true,
+            reception: true,
         }
     }
 }
 
 /// The router of the enabled APIs, with the common middleware.
+///
+/// Every router with at least one API also serves the OpenAPI document
+/// (`/api/v1/openapi.json`) and its Swagger UI (`/api/docs`), unauthenticated. Every
+/// request is counted and timed by matched route ([`admin::track_requests`]).
 pub fn app(state: AppState, enabled: EnabledApis) -> Router {
     let mut router = Router::new();
     if enabled.messages {
         router = router.merge(messages::router());
     }
+    if enabled.documents {
+        router = router.merge(documents::router());
+    }
+    if enabled.admin {
+        router = router.merge(admin::router());
+    }
+    if enabled.reception {
+        router = router.merge(reception::router());
+    }
+    if enabled != EnabledApis::default() {
+        router = router.merge(openapi::router());
+    }
+    admin::describe_metrics();
     router
         .fallback(|| async { ApiError::generic(axum::http::StatusCode::NOT_FOUND) })
+        // Last, so that it wraps every route above (and the fallback) and sees MatchedPath.
+        .layer(axum::middleware::from_fn(admin::track_requests))
         .with_state(state)
 }
 

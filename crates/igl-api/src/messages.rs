@@ -110,6 +110,26 @@ enum Flavour {
     Legacy,
 }
 
+/// Posts a message of this node's jurisdiction. Idempotent on `sender:sender_ref`: the same
+/// content again returns the stored message with 200, different content 409.
+#[utoipa::path(
+    post,
+    path = "/api/v1/messages",
+    tag = "messages",
+    request_body(content = crate::openapi::NewMessageRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Stored; `Location` names the message", body = MessageBody,
+            headers(("Location" = String, description = "`/api/v1/messages/{reference}`"))),
+        (status = 200, description = "Already stored with the same content", body = MessageBody),
+        (status = 400, description = "Empty, malformed or invalid message", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid credentials", body = crate::openapi::ErrorResponse),
+        (status = 403, description = "The sender is not this node's jurisdiction", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "Stored with different content", body = crate::openapi::ErrorResponse),
+        (status = 415, description = "Not JSON", body = crate::openapi::ErrorResponse),
+        (status = 503, description = "Storage unavailable; retry", body = crate::openapi::ErrorResponse),
+    )
+)]
 async fn post_message(
     State(state): State<AppState>,
     caller: Caller,
@@ -118,6 +138,25 @@ async fn post_message(
     accept_post(state, caller, body, Flavour::Current).await
 }
 
+/// The reference's `POST /message`: like `POST /api/v1/messages`, but 201 also for a
+/// repeat with the same content.
+#[utoipa::path(
+    post,
+    path = "/message",
+    tag = "legacy",
+    operation_id = "post_message_legacy",
+    request_body(content = crate::openapi::NewMessageRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Stored, or already stored with the same content", body = MessageBody),
+        (status = 400, description = "Empty, malformed or invalid message", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid credentials", body = crate::openapi::ErrorResponse),
+        (status = 403, description = "The sender is not this node's jurisdiction", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "Stored with different content", body = crate::openapi::ErrorResponse),
+        (status = 415, description = "Not JSON", body = crate::openapi::ErrorResponse),
+        (status = 503, description = "Storage unavailable; retry", body = crate::openapi::ErrorResponse),
+    )
+)]
 async fn post_message_legacy(
     State(state): State<AppState>,
     caller: Caller,
@@ -297,6 +336,20 @@ fn not_found(reference: &str) -> ApiError {
         .with_source(json!([{"reference": reference}]))
 }
 
+/// Reads a message.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages/{reference}",
+    tag = "messages",
+    params(("reference" = String, Path, description = "`{sender}:{sender_ref}`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The message", body = MessageBody),
+        (status = 400, description = "Bad reference", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid credentials", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such message", body = crate::openapi::ErrorResponse),
+    )
+)]
 async fn get_message(
     State(state): State<AppState>,
     _caller: Caller,
@@ -308,6 +361,20 @@ async fn get_message(
 }
 
 /// The reference answers a successful GET with 201; legacy clients may check for it.
+#[utoipa::path(
+    get,
+    path = "/message/{reference}",
+    tag = "legacy",
+    operation_id = "get_message_legacy",
+    params(("reference" = String, Path, description = "`{sender}:{sender_ref}`")),
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "The message (201, as the reference answers)", body = MessageBody),
+        (status = 400, description = "Bad reference", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid credentials", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such message", body = crate::openapi::ErrorResponse),
+    )
+)]
 async fn get_message_legacy(
     State(state): State<AppState>,
     _caller: Caller,
@@ -385,6 +452,25 @@ fn parse_update(body: &Value) -> Result<MessageUpdate, ApiError> {
     })
 }
 
+/// Updates a message's status (inbound messages: `accepted`/`rejected`) and channel fields.
+/// Also served at the legacy `PATCH /message/{reference}`.
+#[utoipa::path(
+    patch,
+    path = "/api/v1/messages/{reference}",
+    tag = "messages",
+    params(("reference" = String, Path, description = "`{sender}:{sender_ref}`")),
+    request_body(content = crate::openapi::MessageUpdateRequest, content_type = "application/json"),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The updated message", body = MessageBody),
+        (status = 400, description = "Bad reference or body", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid credentials", body = crate::openapi::ErrorResponse),
+        (status = 403, description = "Not allowed (foreign caller, or the status of an outbound message)", body = crate::openapi::ErrorResponse),
+        (status = 404, description = "No such message", body = crate::openapi::ErrorResponse),
+        (status = 409, description = "Final status, transition not allowed, or channel already set", body = crate::openapi::ErrorResponse),
+        (status = 415, description = "Not JSON", body = crate::openapi::ErrorResponse),
+    )
+)]
 async fn patch_message(
     State(state): State<AppState>,
     caller: Caller,
@@ -436,6 +522,7 @@ fn update_error(error: UpdateError) -> ApiError {
 
 /// Query parameters of `GET /api/v1/messages`.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
     /// Only messages with this status.
     status: Option<String>,
@@ -467,6 +554,19 @@ fn bad_query(parameter: &str, detail: impl std::fmt::Display) -> ApiError {
         .with_source(json!([{"parameter": parameter}]))
 }
 
+/// Lists messages, oldest change first, with filters and cursor pagination.
+#[utoipa::path(
+    get,
+    path = "/api/v1/messages",
+    tag = "messages",
+    params(ListQuery),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of messages", body = MessageList),
+        (status = 400, description = "Bad query parameter", body = crate::openapi::ErrorResponse),
+        (status = 401, description = "Missing or invalid credentials", body = crate::openapi::ErrorResponse),
+    )
+)]
 async fn list_messages(
     State(state): State<AppState>,
     _caller: Caller,

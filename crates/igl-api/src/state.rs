@@ -24,9 +24,15 @@ pub struct AppContext {
     pub ingest: MessageIngest,
     /// Caller authentication.
     pub auth: Authenticator,
+    /// Ids of the configured channels (the Message Reception API accepts only these).
+    pub channel_ids: Vec<String>,
     /// Largest document accepted, in bytes.
     pub max_document_bytes: u64,
     /// Serve documents to callers identified by the reference's unsigned `JWTBODY` header
     /// or `?as_jurisdiction=` (insecure; compatibility only).
     pub insecure_legacy_document_auth: bool,
+    /// The process's Prometheus recorder, rendered by `GET /metrics`; `None` when no
+    /// recorder is installed (then `/metrics` answers 503). One recorder serves every node
+    /// of a process (see `igl_node`'s `install_metrics_recorder`).
+    pub metrics: Option<crate::admin::PrometheusHandle>,
 }

@@ -21,11 +21,16 @@
 //! - `settings`: the [`Settings`] tree, defaults and derived values (`database_url`, …).
 //! - `load`: [`Settings::load`] and the environment provider.
 //! - `validate`: [`Settings::validate`], which reports every problem at once.
+//! - `auth`: the `[auth]` section ([`AuthSettings`]): static tokens, JWT validation,
+//!   anonymous and legacy document access. **Its default accepts nobody** (every
+//!   authenticated request gets 401).
 //! - `component`: [`Component`], every API and worker of the binary.
 //! - `secret`: [`SecretString`] and [`redact_url`], so `Debug` of settings is safe to log.
 //! - `error`: [`ConfigError`] and [`ConfigProblem`].
 #![warn(missing_docs)]
 
+mod auth;
+mod channels;
 mod component;
 mod error;
 mod load;
@@ -33,6 +38,11 @@ mod secret;
 mod settings;
 mod validate;
 
+pub use auth::{
+    AuthSettings, JwtKeySource, JwtSettings, MAX_LEEWAY_SECS, MIN_HS256_SECRET_LEN,
+    MIN_JWKS_REFRESH_SECS, MIN_STATIC_TOKEN_LEN, StaticTokenSettings,
+};
+pub use channels::ChannelSettings;
 pub use component::{Component, ParseComponentError};
 pub use error::{ConfigError, ConfigProblem};
 pub use load::{ENV_NESTING_SEPARATOR, ENV_PREFIX};

@@ -14,6 +14,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::auth::AuthSettings;
+use crate::channels::ChannelSettings;
 use crate::component::Component;
 use crate::secret::{SecretString, redact_url};
 
@@ -40,6 +42,12 @@ pub struct Settings {
     pub queue: QueueSettings,
     /// The HTTP listener shared by the enabled APIs (`[http]`).
     pub http: HttpSettings,
+    /// Authentication of API callers (`[auth]`). **The default accepts nobody**: every
+    /// request to an authenticated API gets 401 until tokens, JWT validation or anonymous
+    /// access are configured (see [`AuthSettings`]).
+    pub auth: AuthSettings,
+    /// The channels this node exchanges messages over (`[[channels]]`).
+    pub channels: Vec<ChannelSettings>,
     /// Log output (`[log]`).
     pub log: LogSettings,
     /// The components this process runs; defaults to [`Component::all`].
@@ -58,6 +66,8 @@ impl Default for Settings {
             documents: DocumentSettings::default(),
             queue: QueueSettings::default(),
             http: HttpSettings::default(),
+            auth: AuthSettings::default(),
+            channels: Vec::new(),
             log: LogSettings::default(),
             components: Component::all().to_vec(),
         }

@@ -29,6 +29,8 @@ impl Settings {
             1,
         );
         self.validate_queue(&mut problems);
+        problems.0.extend(self.auth.problems());
+        problems.0.extend(crate::channels::problems(&self.channels));
         if self.log.filter.trim().is_empty() {
             problems.push("log.filter", "must not be empty");
         }

@@ -15,6 +15,9 @@ pub const ROUTE_QUEUE: QueueName = QueueName::from_static("route");
 /// Inbound messages whose document must be fetched from the sender.
 pub const OBJECT_RETRIEVAL_QUEUE: QueueName = QueueName::from_static("object-retrieval");
 
+/// Channel notifications (`{"id"}` callbacks) waiting for the retriever.
+pub const CHANNEL_MESSAGE_QUEUE: QueueName = QueueName::from_static("channel-message");
+
 /// A reference to a stored message, the payload of most pipeline jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageJob {
@@ -42,6 +45,14 @@ pub enum PipelineJob {
         /// The document's multihash.
         object: String,
     },
+    /// Fetch a message a channel announced (`{"id"}` callback) and store it as received.
+    #[serde(rename = "channel-message.v1")]
+    ChannelMessageV1 {
+        /// The configured channel id the notification arrived for.
+        channel_id: String,
+        /// The channel's id of the message (an integer or string on the wire, kept as text).
+        message_id: String,
+    },
 }
 
 impl PipelineJob {
@@ -54,6 +65,10 @@ impl PipelineJob {
             Self::RetrieveObjectV1 {
                 reference, object, ..
             } => (OBJECT_RETRIEVAL_QUEUE, format!("{reference}/{object}")),
+            Self::ChannelMessageV1 {
+                channel_id,
+                message_id,
+            } => (CHANNEL_MESSAGE_QUEUE, format!("{channel_id}/{message_id}")),
         };
         let payload = serde_json::to_value(&self).unwrap_or(serde_json::Value::Null);
         NewJob::new(queue, payload).with_dedup_key(dedup_key)

@@ -57,6 +57,8 @@ pub enum Command {
 pub enum BenchCommand {
     /// Job queue throughput: enqueue, claim+ack, and both at once, through the worker runtime.
     Queue(crate::bench::QueueBenchArgs),
+    /// `POST /api/v1/messages` throughput and latency (open or closed load model).
+    Ingest(crate::bench::IngestBenchArgs),
 }
 
 /// The subcommands of `igl config`.
@@ -80,6 +82,24 @@ pub struct NodeArgs {
         value_parser = component_parser(),
     )]
     pub components: Vec<Component>,
+
+    /// Development mode: a complete node on embedded storage with every API on one
+    /// address and a development bearer token printed at start (fix its value with
+    /// IGL_DEV_TOKEN). Anonymous access stays off. Never implied by any configuration.
+    #[arg(long)]
+    pub dev: bool,
+
+    /// With --dev: the jurisdiction of the node (default: node.jurisdiction).
+    #[arg(long, value_name = "CODE", requires = "dev")]
+    pub jurisdiction: Option<String>,
+
+    /// With --dev: the data directory (default: node.data_dir).
+    #[arg(long, value_name = "DIR", requires = "dev")]
+    pub data_dir: Option<std::path::PathBuf>,
+
+    /// With --dev: the address of the HTTP APIs (default: http.bind).
+    #[arg(long, value_name = "ADDR", requires = "dev")]
+    pub listen: Option<std::net::SocketAddr>,
 }
 
 /// Accepts exactly the names of [`Component::all`], listing them in `--help` and in errors.

@@ -128,6 +128,7 @@ pub fn execute(cli: Cli, env: ProcessEnv) -> Result<(), CommandError> {
             block_on(async move {
                 match benchmark {
                     BenchCommand::Queue(args) => bench::run_queue_bench(args).await,
+                    BenchCommand::Ingest(args) => bench::run_ingest_bench(args).await,
                 }
             })
             .map_err(|error| CommandError::runtime(error, log_format))
@@ -225,6 +226,26 @@ fn node(mut settings: Settings, args: NodeArgs, env: &ProcessEnv) -> Result<(), 
     if !args.components.is_empty() {
         settings.components = args.components;
     }
+    let dev_token = if args.dev {
+        if let Some(jurisdiction) = args.jurisdiction {
+            settings.node.jurisdiction = jurisdiction;
+        }
+        if let Some(data_dir) = args.data_dir {
+            settings.node.data_dir = data_dir;
+        }
+        if let Some(listen) = args.listen {
+            settings.http.bind = listen;
+        }
+        settings.validate().map_err(CommandError::Config)?;
+        Some(
+            env.get("IGL_DEV_TOKEN")
+                .filter(|token| !token.is_empty())
+                .map(str::to_owned)
+                .unwrap_or_else(igl_api::auth::generate_dev_token),
+        )
+    } else {
+        None
+    };
     init_logging(&settings, env)?;
     let log_format = settings.log.format;
     block_on(async move {
@@ -239,18 +260,36 @@ fn node(mut settings: Settings, args: NodeArgs, env: &ProcessEnv) -> Result<(), 
             version = env!("CARGO_PKG_VERSION"),
             jurisdiction = %settings.node.jurisdiction,
             components = %components.join(","),
+            dev = dev_token.is_some(),
             "starting node"
         );
-        run::node(
-            igl_node::NodeOptions {
-                settings,
-                dev_token: None,
-            },
-            shutdown,
-        )
-        .await
+        let jurisdiction = settings.node.jurisdiction.clone();
+        let options = igl_node::NodeOptions {
+            settings,
+            dev_token: dev_token.clone(),
+        };
+        let running = igl_node::start(options, shutdown).await?;
+        if let (Some(token), Some(addr)) = (&dev_token, running.http_addr) {
+            print_dev_banner(&jurisdiction, addr, token);
+        }
+        running.wait().await
     })
     .map_err(|error| CommandError::runtime(error, log_format))
+}
+
+/// What `igl node --dev` prints on stdout once the node listens.
+fn print_dev_banner(jurisdiction: &str, addr: std::net::SocketAddr, token: &str) {
+    let base = format!("http://{addr}");
+    println!(
+        "\nIGL node {jurisdiction} (development mode) listening on {base}\n\
+         development token (party \"dev\" of {jurisdiction}; fix it with IGL_DEV_TOKEN):\n\n  \
+         {token}\n\n\
+         try:\n  \
+         curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\\n    \
+         -d '{{\"sender\":\"{jurisdiction}\",\"receiver\":\"SG\",\"subject\":\"demo.subject.1\",\"obj\":\"https://example.org/coo/1\",\"predicate\":\"UN.CEFACT.Trade.CertificateOfOrigin.created\"}}' \\\n    \
+         {base}/api/v1/messages\n  \
+         open {base}/api/docs for the API documentation\n"
+    );
 }
 
 /// Runs `future` on a new multi-threaded runtime, then shuts the runtime down, waiting at most

@@ -21,6 +21,12 @@ mod telemetry;
 
 use std::process::ExitCode;
 
+/// mimalloc instead of the system allocator: the node allocates many small, short-lived
+/// buffers across threads, where glibc malloc showed up at ~15% of CPU in the ingest
+/// profile (docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use clap::Parser;
 
 fn main() -> ExitCode {

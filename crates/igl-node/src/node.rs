@@ -93,6 +93,8 @@ pub async fn start(
         settings,
         dev_token,
     } = options;
+    // Before any component registers metrics: handles taken earlier would stay no-ops.
+    let metrics = install_metrics_recorder();
     let jurisdiction = Jurisdiction::parse(&settings.node.jurisdiction)
         .with_context(|| format!("node.jurisdiction {:?}", settings.node.jurisdiction))?;
     let backends = open_backends(&settings).await?;
@@ -117,27 +119,42 @@ pub async fn start(
         messages: settings.is_enabled(Component::MessageApi),
         documents: settings.is_enabled(Component::DocumentApi),
         admin: settings.is_enabled(Component::AdminApi),
+        reception: settings.is_enabled(Component::MessageRxApi),
     };
     let mut http = JoinSet::new();
     let mut http_addr = None;
     if enabled != EnabledApis::default() {
         let ingest = MessageIngest::start(backends.storage.clone(), ingest_config(&settings));
-        let mut tokens = Vec::new();
+        let mut auth = Authenticator::from_settings(&settings.auth, jurisdiction)
+            .await
+            .context("cannot set up authentication")?;
         if let Some(token) = dev_token {
-            tokens.push(StaticToken {
+            auth = auth.with_static_token(StaticToken {
                 token,
                 party: "dev".into(),
                 jurisdiction,
             });
+        }
+        if !auth.accepts_any_caller() {
+            tracing::warn!(
+                "no credentials are configured ([auth] static_tokens, [auth.jwt] or anonymous): \
+                 every API request will be rejected with 401; use `igl node --dev` to try the node"
+            );
         }
         let state = Arc::new(AppContext {
             jurisdiction,
             storage: backends.storage.clone(),
             objects: backends.objects.clone(),
             ingest,
-            auth: Authenticator::new(tokens, None),
+            auth,
+            channel_ids: settings
+                .channels
+                .iter()
+                .map(|channel| channel.id.clone())
+                .collect(),
             max_document_bytes: settings.documents.max_bytes,
-            insecure_legacy_document_auth: false,
+            insecure_legacy_document_auth: settings.auth.insecure_legacy_document_auth,
+            metrics,
         });
         let listener = tokio::net::TcpListener::bind(settings.http.bind)
             .await
@@ -167,6 +184,40 @@ pub async fn start(
         http,
         workers,
     })
+}
+
+/// Installs the process-wide Prometheus recorder of the `metrics` facade on first call and
+/// returns its handle (`None` if another recorder was installed first, e.g. by an embedding
+/// program). A process has one global recorder, so every node started in it (tests start
+/// several) shares one registry: their series are merged. A background thread runs the
+/// recorder's upkeep (draining histograms) every few seconds.
+pub fn install_metrics_recorder() -> Option<igl_api::admin::PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<igl_api::admin::PrometheusHandle>> =
+        std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let handle = match igl_api::admin::prometheus_builder().install_recorder() {
+                Ok(handle) => handle,
+                Err(error) => {
+                    tracing::warn!(%error, "metrics recorder not installed; /metrics is unavailable");
+                    return None;
+                }
+            };
+            let upkeep = handle.clone();
+            let spawned = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(Duration::from_secs(5));
+                        upkeep.run_upkeep();
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::warn!(%error, "no metrics upkeep thread; histograms drain on scrape only");
+            }
+            Some(handle)
+        })
+        .clone()
 }
 
 fn ingest_config(settings: &Settings) -> IngestConfig {

@@ -1,10 +1,9 @@
-//! What `igl migrate` and `igl node` do once the configuration is loaded and logging is up.
+//! What `igl migrate` does once the configuration is loaded and logging is up (`igl node`
+//! starts through [`igl_node::start`]).
 
 use anyhow::Context;
 use igl_config::Settings;
-use igl_node::NodeOptions;
 use igl_store::{DatabaseOptions, open_storage};
-use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 /// Creates or upgrades the database schema of `settings.database`, then returns.
@@ -31,14 +30,4 @@ pub async fn migrate(settings: &Settings) -> anyhow::Result<()> {
         "database schema is up to date"
     );
     Ok(())
-}
-
-/// Runs every enabled component of `settings` until `shutdown` is cancelled, then stops them.
-///
-/// # Errors
-///
-/// Failure to open the backends, or the first component failure, with context.
-pub async fn node(options: NodeOptions, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let running = igl_node::start(options, shutdown).await?;
-    running.wait().await
 }

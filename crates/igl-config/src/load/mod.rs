@@ -29,6 +29,8 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "documents",
     "queue",
     "http",
+    "auth",
+    "channels",
     "log",
     "components",
 ];

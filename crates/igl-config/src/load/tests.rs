@@ -284,7 +284,7 @@ fn unknown_keys_are_errors_at_every_level() {
         problems(load(Some("colour = \"blue\"\n"), &[])),
         [
             "colour: unknown field \"colour\" (expected one of: node, database, objects, \
-          documents, queue, http, log, components)"
+          documents, queue, http, auth, channels, log, components)"
         ]
     );
     assert_eq!(

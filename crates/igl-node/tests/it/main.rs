@@ -2,4 +2,8 @@
 
 mod support;
 
+mod admin;
+mod crash;
+mod documents;
 mod messages;
+mod reception;

@@ -38,9 +38,32 @@ pub struct TestNodeBuilder {
     components: Vec<Component>,
     data_dir: Option<TempDir>,
     database: Database,
+    max_document_bytes: Option<u64>,
+    static_tokens: Vec<(String, String)>,
+    insecure_legacy_document_auth: bool,
+    channels: Vec<(String, String)>,
 }
 
 impl TestNodeBuilder {
+    /// `documents.max_bytes` (default: the setting's default, 100 MiB).
+    pub fn max_document_bytes(mut self, max_bytes: u64) -> Self {
+        self.max_document_bytes = Some(max_bytes);
+        self
+    }
+
+    /// An extra `[[auth.static_tokens]]` entry (party `test-<jurisdiction>`), e.g. to call
+    /// as another jurisdiction. Tokens need at least 16 characters.
+    pub fn static_token(mut self, token: &str, jurisdiction: &str) -> Self {
+        self.static_tokens.push((token.into(), jurisdiction.into()));
+        self
+    }
+
+    /// `auth.insecure_legacy_document_auth` (default off).
+    pub fn insecure_legacy_document_auth(mut self, enabled: bool) -> Self {
+        self.insecure_legacy_document_auth = enabled;
+        self
+    }
+
     /// The node's jurisdiction (default AU).
     pub fn jurisdiction(mut self, jurisdiction: &str) -> Self {
         self.jurisdiction = jurisdiction.into();
@@ -56,6 +79,12 @@ impl TestNodeBuilder {
     /// Reuse a data directory (to restart a node on the same state).
     pub fn data_dir(mut self, data_dir: TempDir) -> Self {
         self.data_dir = Some(data_dir);
+        self
+    }
+
+    /// Configures a channel `id` with endpoint `url`.
+    pub fn channel(mut self, id: &str, url: &str) -> Self {
+        self.channels.push((id.into(), url.into()));
         self
     }
 
@@ -75,6 +104,27 @@ impl TestNodeBuilder {
         settings.node.data_dir = data_dir.path().to_path_buf();
         settings.http.bind = "127.0.0.1:0".parse().unwrap();
         settings.components = self.components;
+        if let Some(max_bytes) = self.max_document_bytes {
+            settings.documents.max_bytes = max_bytes;
+        }
+        for (token, jurisdiction) in self.static_tokens {
+            settings
+                .auth
+                .static_tokens
+                .push(igl_config::StaticTokenSettings {
+                    token: SecretString::new(token),
+                    party: format!("test-{jurisdiction}"),
+                    jurisdiction,
+                });
+        }
+        settings.auth.insecure_legacy_document_auth = self.insecure_legacy_document_auth;
+        for (id, url) in self.channels {
+            settings.channels.push(igl_config::ChannelSettings {
+                id,
+                name: None,
+                url,
+            });
+        }
         if let Database::Postgres { schema } = &self.database {
             let url = std::env::var("IGL_TEST_POSTGRES_URL").expect("IGL_TEST_POSTGRES_URL");
             settings.database.url = Some(SecretString::new(url));
@@ -133,9 +183,14 @@ impl TestNode {
                 Component::MessageApi,
                 Component::DocumentApi,
                 Component::AdminApi,
+                Component::MessageRxApi,
             ],
             data_dir: None,
             database: Database::Sqlite,
+            max_document_bytes: None,
+            static_tokens: Vec::new(),
+            channels: Vec::new(),
+            insecure_legacy_document_auth: false,
         }
     }
 
