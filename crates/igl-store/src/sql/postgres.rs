@@ -23,7 +23,7 @@ use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tokio::task::JoinHandle;
 
 use super::rows::{DeadJobRow, EventRow, JobRow, MESSAGE_COLUMNS, MessageRow, parse_readers};
-use super::wake::Wakeups;
+use super::wake::{RemotePublisher, Wakeups};
 use super::{
     duration_micros, from_micros, jobs_json, message_key, messages_json, migrate_error,
     missing_keys_json, new_lease_token, now_micros, predicate_filter, receipts_by_token,
@@ -42,16 +42,18 @@ pub struct PostgresStore {
     pool: PgPool,
     schema: String,
     wakeups: Wakeups,
-    _listener: Arc<ListenerTask>,
+    _tasks: Arc<BackgroundTasks>,
 }
 
-/// Aborts the LISTEN task when the last clone of the store is dropped.
+/// Aborts the LISTEN and NOTIFY tasks when the last clone of the store is dropped.
 #[derive(Debug)]
-struct ListenerTask(JoinHandle<()>);
+struct BackgroundTasks(Vec<JoinHandle<()>>);
 
-impl Drop for ListenerTask {
+impl Drop for BackgroundTasks {
     fn drop(&mut self) {
-        self.0.abort();
+        for task in &self.0 {
+            task.abort();
+        }
     }
 }
 
@@ -101,14 +103,21 @@ impl PostgresStore {
             .await
             .map_err(store_error)?;
         MIGRATOR.run(&pool).await.map_err(migrate_error)?;
-        let wakeups = Wakeups::default();
+        let remote = Arc::new(RemotePublisher::default());
+        let wakeups = Wakeups::with_remote(remote.clone());
         let listener = tokio::spawn(listen(pool.clone(), schema.clone(), wakeups.clone()));
+        let publisher = tokio::spawn(publish(pool.clone(), schema.clone(), remote));
         Ok(Self {
             pool,
             schema,
             wakeups,
-            _listener: Arc::new(ListenerTask(listener)),
+            _tasks: Arc::new(BackgroundTasks(vec![listener, publisher])),
         })
+    }
+
+    /// The schema this store works in.
+    pub fn schema(&self) -> &str {
+        &self.schema
     }
 
     /// Drops `schema` and everything in it (for benchmarks and test clean-up).
@@ -139,10 +148,6 @@ impl PostgresStore {
     async fn transaction(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.pool.begin().await.map_err(store_error)
     }
-
-    fn notification(&self, queue: &str) -> String {
-        format!("{}/{queue}", self.schema)
-    }
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -152,6 +157,26 @@ fn is_identifier(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_lowercase() || c == '_')
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
         && name.len() <= 63
+}
+
+/// Sends `NOTIFY igl_jobs, '<schema>/<queue>'` for queues that got jobs, a few
+/// milliseconds after their commits, coalescing bursts. A lost notification only delays a
+/// consumer until its next poll.
+async fn publish(pool: PgPool, schema: String, remote: Arc<RemotePublisher>) {
+    loop {
+        let queues = remote.next_batch().await;
+        for queue in queues {
+            let notified = sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(JOBS_CHANNEL)
+                .bind(format!("{schema}/{queue}"))
+                .execute(&pool)
+                .await;
+            if let Err(error) = notified {
+                tracing::debug!(error = %error, %queue, "job notification not sent");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
 }
 
 /// Forwards `NOTIFY igl_jobs` payloads of our schema to in-process waiters. Reconnects with
@@ -179,7 +204,7 @@ async fn listen(pool: PgPool, schema: String, wakeups: Wakeups) {
             match listener.recv().await {
                 Ok(notification) => {
                     if let Some(queue) = notification.payload().strip_prefix(&prefix) {
-                        wakeups.wake(queue);
+                        wakeups.wake_local(queue);
                     }
                 }
                 Err(error) => {
@@ -338,24 +363,20 @@ async fn update_message(
     Ok(Updated { before, after })
 }
 
-/// Inserts the jobs and, in the same statement, notifies every queue that got one.
-async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob], schema: &str) -> Result<(), StoreError> {
+/// Inserts the jobs. Other processes are notified after commit (see [`RemotePublisher`]).
+async fn enqueue(conn: &mut PgConnection, jobs: &[NewJob]) -> Result<(), StoreError> {
     if jobs.is_empty() {
         return Ok(());
     }
     let now = now_micros();
     sqlx::query(
-        "WITH inserted AS ( \
-           INSERT INTO jobs (queue, payload, run_at, dedup_key, created_at) \
-           SELECT x.q, x.p, x.r, x.k, $2 \
-           FROM jsonb_to_recordset($1::jsonb) AS x(q text, p text, r bigint, k text) \
-           ON CONFLICT DO NOTHING RETURNING queue) \
-         SELECT pg_notify($3, $4 || '/' || queue) FROM (SELECT DISTINCT queue FROM inserted) q",
+        "INSERT INTO jobs (queue, payload, run_at, dedup_key, created_at) \
+         SELECT x.q, x.p, x.r, x.k, $2 \
+         FROM jsonb_to_recordset($1::jsonb) AS x(q text, p text, r bigint, k text) \
+         ON CONFLICT DO NOTHING",
     )
     .bind(jobs_json(jobs, now))
     .bind(now)
-    .bind(JOBS_CHANNEL)
-    .bind(schema)
     .execute(conn)
     .await
     .map_err(store_error)?;
@@ -414,7 +435,7 @@ async fn grant_object(
 impl JobQueue for PostgresStore {
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), StoreError> {
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
-        enqueue(&mut conn, jobs, &self.schema).await?;
+        enqueue(&mut conn, jobs).await?;
         for job in jobs {
             self.wakeups.wake(job.queue.as_str());
         }
@@ -551,12 +572,6 @@ impl JobQueue for PostgresStore {
         .execute(&mut *tx)
         .await
         .map_err(store_error)?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(JOBS_CHANNEL)
-            .bind(self.notification(&queue))
-            .execute(&mut *tx)
-            .await
-            .map_err(store_error)?;
         tx.commit().await.map_err(store_error)?;
         self.wakeups.wake(&queue);
         Ok(true)
@@ -635,7 +650,6 @@ impl Storage for PostgresStore {
         let tx = self.transaction().await?;
         Ok(Box::new(PostgresUnitOfWork {
             tx,
-            schema: self.schema.clone(),
             woken: Vec::new(),
             wakeups: self.wakeups.clone(),
         }))
@@ -653,7 +667,6 @@ impl Storage for PostgresStore {
 /// A read-committed transaction; updated messages are locked with `FOR UPDATE`.
 struct PostgresUnitOfWork {
     tx: Transaction<'static, Postgres>,
-    schema: String,
     woken: Vec<QueueName>,
     wakeups: Wakeups,
 }
@@ -676,7 +689,7 @@ impl UnitOfWork for PostgresUnitOfWork {
     }
 
     async fn enqueue(&mut self, jobs: &[NewJob]) -> Result<(), StoreError> {
-        enqueue(&mut self.tx, jobs, &self.schema).await?;
+        enqueue(&mut self.tx, jobs).await?;
         self.woken.extend(jobs.iter().map(|job| job.queue.clone()));
         Ok(())
     }

@@ -71,3 +71,48 @@ mod postgres {
     }
     for_each_storage_case!(case);
 }
+
+/// PostgreSQL only: an enqueue in one process (store instance) wakes a consumer waiting in
+/// another, through `NOTIFY`.
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_enqueue_wakes_consumers_in_other_processes() {
+    use std::time::{Duration, Instant};
+
+    use igl_core::JobQueue;
+
+    let url = igl_testkit::backends::postgres_url().unwrap();
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let producer = igl_store::PostgresStore::connect(&url, 2, Some(&schema))
+        .await
+        .unwrap();
+    let consumer = igl_store::PostgresStore::connect(&url, 2, Some(&schema))
+        .await
+        .unwrap();
+    let queue = igl_testkit::fixtures::queue("cross");
+    // Let the consumer's LISTEN connection come up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let waiter = {
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            consumer
+                .wait_for_jobs(&queue, Duration::from_secs(20))
+                .await;
+            start.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    producer
+        .enqueue(&[igl_testkit::fixtures::job("cross", 1)])
+        .await
+        .unwrap();
+    let waited = waiter.await.unwrap();
+    assert!(
+        waited < Duration::from_secs(10),
+        "woke after {waited:?}, not at the timeout"
+    );
+    igl_store::PostgresStore::drop_schema(&url, &schema)
+        .await
+        .unwrap();
+}
