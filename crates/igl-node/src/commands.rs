@@ -267,6 +267,7 @@ fn node(mut settings: Settings, args: NodeArgs, env: &ProcessEnv) -> Result<(), 
         let options = igl_node::NodeOptions {
             settings,
             dev_token: dev_token.clone(),
+            listener: None,
         };
         let running = igl_node::start(options, shutdown).await?;
         if let (Some(token), Some(addr)) = (&dev_token, running.http_addr) {

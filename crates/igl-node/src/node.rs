@@ -33,13 +33,27 @@ pub struct Backends {
 }
 
 /// What to start.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NodeOptions {
     /// The validated configuration.
     pub settings: Settings,
     /// A development bearer token (party `dev` of the node's jurisdiction) accepted in
     /// addition to the configured credentials; `igl node --dev` sets it.
     pub dev_token: Option<String>,
+    /// A listener already bound for the HTTP APIs, used instead of binding `http.bind`
+    /// (lets a caller know the address before the node starts, e.g. to configure peers).
+    pub listener: Option<std::net::TcpListener>,
+}
+
+impl NodeOptions {
+    /// Options for `settings` with no development token and no pre-bound listener.
+    pub fn new(settings: Settings) -> Self {
+        Self {
+            settings,
+            dev_token: None,
+            listener: None,
+        }
+    }
 }
 
 /// Opens the database (applying migrations) and the object store.
@@ -92,6 +106,7 @@ pub async fn start(
     let NodeOptions {
         settings,
         dev_token,
+        listener: prebound,
     } = options;
     // Before any component registers metrics: handles taken earlier would stay no-ops.
     let metrics = install_metrics_recorder();
@@ -156,9 +171,15 @@ pub async fn start(
             insecure_legacy_document_auth: settings.auth.insecure_legacy_document_auth,
             metrics,
         });
-        let listener = tokio::net::TcpListener::bind(settings.http.bind)
-            .await
-            .with_context(|| format!("cannot listen on {}", settings.http.bind))?;
+        let listener = match prebound {
+            Some(listener) => {
+                listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(listener)?
+            }
+            None => tokio::net::TcpListener::bind(settings.http.bind)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.http.bind))?,
+        };
         let addr = listener.local_addr()?;
         http_addr = Some(addr);
         let app = igl_api::app(state, enabled);

@@ -273,6 +273,7 @@ impl LocalNode {
         let options = igl_node::NodeOptions {
             settings,
             dev_token: Some(TOKEN.into()),
+            listener: None,
         };
         let running = igl_node::start(options, shutdown.clone()).await?;
         let addr = running.http_addr.context("the message api listens")?;

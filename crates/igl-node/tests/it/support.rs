@@ -135,6 +135,7 @@ impl TestNodeBuilder {
         let options = NodeOptions {
             settings,
             dev_token: Some(TOKEN.into()),
+            listener: None,
         };
         let running = igl_node::start(options, shutdown.clone())
             .await
