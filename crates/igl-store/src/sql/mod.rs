@@ -5,6 +5,85 @@
 //! the application clock. Replicas on several machines therefore need synchronised clocks
 //! (NTP); leases are tens of seconds, far above normal skew.
 
+/// Defines a backend's unit of work: a transaction plus the queues to wake after commit,
+/// delegating every operation to the free functions of the module that invokes it
+/// (`insert_messages`, `update_message`, `enqueue`, `ack`, `append_event`, `grant_object`,
+/// which take the transaction's connection).
+macro_rules! sql_unit_of_work {
+    ($name:ident, $database:ty, $doc:literal) => {
+        #[doc = $doc]
+        struct $name {
+            tx: sqlx::Transaction<'static, $database>,
+            woken: Vec<igl_core::QueueName>,
+            wakeups: super::wake::Wakeups,
+        }
+
+        #[async_trait::async_trait]
+        impl igl_core::UnitOfWork for $name {
+            async fn insert_messages(
+                &mut self,
+                messages: &[(igl_domain::NewMessage, igl_domain::MessageStatus)],
+            ) -> Result<Vec<igl_core::InsertOutcome>, igl_core::StoreError> {
+                insert_messages(&mut self.tx, messages).await
+            }
+
+            async fn update_message(
+                &mut self,
+                reference: &igl_domain::MessageRef,
+                update: &igl_domain::MessageUpdate,
+            ) -> Result<igl_core::Updated, igl_core::StoreError> {
+                update_message(&mut self.tx, reference, update).await
+            }
+
+            async fn enqueue(
+                &mut self,
+                jobs: &[igl_core::NewJob],
+            ) -> Result<(), igl_core::StoreError> {
+                enqueue(&mut self.tx, jobs).await?;
+                self.woken.extend(jobs.iter().map(|job| job.queue.clone()));
+                Ok(())
+            }
+
+            async fn ack(
+                &mut self,
+                receipts: &[igl_core::JobReceipt],
+            ) -> Result<u64, igl_core::StoreError> {
+                ack(&mut self.tx, receipts).await
+            }
+
+            async fn append_event(
+                &mut self,
+                event: &igl_core::NewEvent,
+            ) -> Result<bool, igl_core::StoreError> {
+                append_event(&mut self.tx, event).await
+            }
+
+            async fn grant_object(
+                &mut self,
+                object: &igl_domain::Multihash,
+                reader: igl_domain::Jurisdiction,
+            ) -> Result<(), igl_core::StoreError> {
+                grant_object(&mut self.tx, object, reader).await
+            }
+
+            async fn commit(self: Box<Self>) -> Result<(), igl_core::StoreError> {
+                let Self {
+                    tx,
+                    mut woken,
+                    wakeups,
+                } = *self;
+                tx.commit().await.map_err(super::store_error)?;
+                woken.sort();
+                woken.dedup();
+                for queue in woken {
+                    wakeups.wake(queue.as_str());
+                }
+                Ok(())
+            }
+        }
+    };
+}
+
 mod postgres;
 mod rows;
 mod sqlite;

@@ -561,64 +561,8 @@ impl Storage for SqliteStore {
     }
 }
 
-/// A `BEGIN IMMEDIATE` transaction on the writer connection.
-struct SqliteUnitOfWork {
-    tx: Transaction<'static, Sqlite>,
-    woken: Vec<QueueName>,
-    wakeups: Wakeups,
-}
-
-#[async_trait]
-impl UnitOfWork for SqliteUnitOfWork {
-    async fn insert_messages(
-        &mut self,
-        messages: &[(NewMessage, MessageStatus)],
-    ) -> Result<Vec<InsertOutcome>, StoreError> {
-        insert_messages(&mut self.tx, messages).await
-    }
-
-    async fn update_message(
-        &mut self,
-        reference: &MessageRef,
-        update: &MessageUpdate,
-    ) -> Result<Updated, StoreError> {
-        update_message(&mut self.tx, reference, update).await
-    }
-
-    async fn enqueue(&mut self, jobs: &[NewJob]) -> Result<(), StoreError> {
-        enqueue(&mut self.tx, jobs).await?;
-        self.woken.extend(jobs.iter().map(|job| job.queue.clone()));
-        Ok(())
-    }
-
-    async fn ack(&mut self, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
-        ack(&mut self.tx, receipts).await
-    }
-
-    async fn append_event(&mut self, event: &NewEvent) -> Result<bool, StoreError> {
-        append_event(&mut self.tx, event).await
-    }
-
-    async fn grant_object(
-        &mut self,
-        object: &Multihash,
-        reader: Jurisdiction,
-    ) -> Result<(), StoreError> {
-        grant_object(&mut self.tx, object, reader).await
-    }
-
-    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
-        let Self {
-            tx,
-            mut woken,
-            wakeups,
-        } = *self;
-        tx.commit().await.map_err(store_error)?;
-        woken.sort();
-        woken.dedup();
-        for queue in woken {
-            wakeups.wake(queue.as_str());
-        }
-        Ok(())
-    }
-}
+sql_unit_of_work!(
+    SqliteUnitOfWork,
+    Sqlite,
+    "A `BEGIN IMMEDIATE` transaction on the writer connection."
+);
