@@ -14,6 +14,7 @@ mod messages;
 mod objects;
 pub mod pipeline;
 mod storage;
+pub mod subscriptions;
 
 pub use error::{BoxError, StoreError};
 pub use events::{Event, EventLog, NewEvent};

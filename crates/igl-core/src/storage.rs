@@ -8,7 +8,9 @@ use crate::{
 
 /// A transactional backend: every read port, plus [`Storage::begin`] for atomic writes.
 #[async_trait]
-pub trait Storage: MessageStore + JobQueue + EventLog + ObjectAcl {
+pub trait Storage:
+    MessageStore + JobQueue + EventLog + ObjectAcl + crate::subscriptions::SubscriptionStore
+{
     /// Starts a unit of work. Nothing it does is visible to others before
     /// [`UnitOfWork::commit`]; dropping it without committing rolls everything back.
     async fn begin(&self) -> Result<Box<dyn UnitOfWork>, StoreError>;

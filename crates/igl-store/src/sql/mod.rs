@@ -84,6 +84,184 @@ macro_rules! sql_unit_of_work {
     };
 }
 
+/// Implements `SubscriptionStore` for a backend. The SQL is shared and written with `?N`
+/// placeholders; `$convert` adapts it to the backend (identity for SQLite, `?N` → `$N` for
+/// PostgreSQL). `$keys_in` is the backend's "topic_key is in the JSON array ?1" condition.
+macro_rules! sql_subscription_store {
+    ($store:ty, $writer:ident, $reader:ident, $convert:expr, $keys_in:literal) => {
+        #[async_trait::async_trait]
+        impl igl_core::subscriptions::SubscriptionStore for $store {
+            async fn upsert_subscription(
+                &self,
+                subscription: &igl_core::subscriptions::NewSubscription,
+            ) -> Result<igl_core::subscriptions::Subscription, igl_core::StoreError> {
+                let now = super::now_micros();
+                let sql = $convert(format!(
+                    "INSERT INTO subscriptions (topic, topic_key, callback, secret, expires_at, \
+                     created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?6) \
+                     ON CONFLICT (topic_key, callback) DO UPDATE SET topic = excluded.topic, \
+                     secret = excluded.secret, expires_at = excluded.expires_at, \
+                     updated_at = excluded.updated_at RETURNING {}",
+                    super::rows::SUBSCRIPTION_COLUMNS
+                ));
+                let row: super::rows::SubscriptionRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(&subscription.topic)
+                    .bind(igl_core::subscriptions::topic_key(&subscription.topic))
+                    .bind(&subscription.callback)
+                    .bind(subscription.secret.as_ref().map(|secret| secret.0.clone()))
+                    .bind(super::to_micros(subscription.expires_at))
+                    .bind(now)
+                    .fetch_one(&self.$writer)
+                    .await
+                    .map_err(super::store_error)?;
+                Ok(row.into_subscription())
+            }
+
+            async fn remove_subscription(
+                &self,
+                topic: &str,
+                callback: &str,
+            ) -> Result<bool, igl_core::StoreError> {
+                let sql = $convert(
+                    "DELETE FROM subscriptions WHERE topic_key = ?1 AND callback = ?2".to_owned(),
+                );
+                let removed = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(igl_core::subscriptions::topic_key(topic))
+                    .bind(callback)
+                    .execute(&self.$writer)
+                    .await
+                    .map_err(super::store_error)?
+                    .rows_affected();
+                Ok(removed > 0)
+            }
+
+            async fn remove_subscription_by_id(&self, id: i64) -> Result<bool, igl_core::StoreError> {
+                let sql = $convert("DELETE FROM subscriptions WHERE id = ?1".to_owned());
+                let removed = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .execute(&self.$writer)
+                    .await
+                    .map_err(super::store_error)?
+                    .rows_affected();
+                Ok(removed > 0)
+            }
+
+            async fn subscription(
+                &self,
+                id: i64,
+            ) -> Result<Option<igl_core::subscriptions::Subscription>, igl_core::StoreError> {
+                let sql = $convert(format!(
+                    "SELECT {} FROM subscriptions WHERE id = ?1",
+                    super::rows::SUBSCRIPTION_COLUMNS
+                ));
+                let row: Option<super::rows::SubscriptionRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(id)
+                        .fetch_optional(&self.$reader)
+                        .await
+                        .map_err(super::store_error)?;
+                Ok(row.map(super::rows::SubscriptionRow::into_subscription))
+            }
+
+            async fn matching_subscriptions(
+                &self,
+                event_topic: &str,
+                now: igl_domain::Timestamp,
+            ) -> Result<Vec<igl_core::subscriptions::Subscription>, igl_core::StoreError> {
+                let keys = igl_core::subscriptions::matching_keys(event_topic);
+                let keys = serde_json::to_string(&keys)
+                    .map_err(|error| igl_core::StoreError::Backend(Box::new(error)))?;
+                let sql = $convert(format!(
+                    "SELECT {} FROM subscriptions WHERE {} AND expires_at > ?2 ORDER BY id",
+                    super::rows::SUBSCRIPTION_COLUMNS,
+                    $keys_in
+                ));
+                let rows: Vec<super::rows::SubscriptionRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(keys)
+                        .bind(super::to_micros(now))
+                        .fetch_all(&self.$reader)
+                        .await
+                        .map_err(super::store_error)?;
+                Ok(super::rows::one_per_callback(rows))
+            }
+
+            async fn list_subscriptions(
+                &self,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<igl_core::subscriptions::Subscription>, igl_core::StoreError> {
+                let sql = $convert(format!(
+                    "SELECT {} FROM subscriptions WHERE id > ?1 ORDER BY id LIMIT ?2",
+                    super::rows::SUBSCRIPTION_COLUMNS
+                ));
+                let rows: Vec<super::rows::SubscriptionRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(after)
+                        .bind(i64::from(limit.clamp(1, 1000)))
+                        .fetch_all(&self.$reader)
+                        .await
+                        .map_err(super::store_error)?;
+                Ok(rows.into_iter().map(super::rows::SubscriptionRow::into_subscription).collect())
+            }
+
+            async fn record_delivery(
+                &self,
+                id: i64,
+                outcome: &igl_core::subscriptions::DeliveryOutcome,
+            ) -> Result<(), igl_core::StoreError> {
+                use igl_core::subscriptions::DeliveryOutcome;
+                let now = super::now_micros();
+                let query = match outcome {
+                    DeliveryOutcome::Delivered => sqlx::query(sqlx::AssertSqlSafe($convert(
+                        "UPDATE subscriptions SET last_success_at = ?2 WHERE id = ?1".to_owned(),
+                    )))
+                    .bind(id)
+                    .bind(now),
+                    DeliveryOutcome::Failed(error) => sqlx::query(sqlx::AssertSqlSafe($convert(
+                        "UPDATE subscriptions SET last_failure_at = ?2, last_error = ?3 \
+                         WHERE id = ?1"
+                            .to_owned(),
+                    )))
+                    .bind(id)
+                    .bind(now)
+                    .bind(super::truncate_error(error)),
+                };
+                query.execute(&self.$writer).await.map_err(super::store_error)?;
+                Ok(())
+            }
+
+            async fn purge_expired(
+                &self,
+                now: igl_domain::Timestamp,
+            ) -> Result<u64, igl_core::StoreError> {
+                let sql = $convert("DELETE FROM subscriptions WHERE expires_at <= ?1".to_owned());
+                let purged = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(super::to_micros(now))
+                    .execute(&self.$writer)
+                    .await
+                    .map_err(super::store_error)?
+                    .rows_affected();
+                Ok(purged)
+            }
+        }
+    };
+}
+
+/// Rewrites `?N` placeholders as PostgreSQL's `$N`.
+pub(crate) fn postgres_placeholders(sql: String) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '?' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('$');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
 mod postgres;
 mod rows;
 mod sqlite;
@@ -290,4 +468,15 @@ pub(crate) fn resolve_outcomes(
         });
     }
     Ok(outcomes)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn postgres_placeholders_rewrite_only_numbered_parameters() {
+        assert_eq!(
+            super::postgres_placeholders("a = ?1 AND b = ?12 AND c = '?'".to_owned()),
+            "a = $1 AND b = $12 AND c = '?'"
+        );
+    }
 }

@@ -664,6 +664,14 @@ impl Storage for PostgresStore {
     }
 }
 
+sql_subscription_store!(
+    PostgresStore,
+    pool,
+    pool,
+    super::postgres_placeholders,
+    "topic_key IN (SELECT jsonb_array_elements_text(?1::jsonb))"
+);
+
 sql_unit_of_work!(
     PostgresUnitOfWork,
     Postgres,

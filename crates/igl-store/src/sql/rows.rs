@@ -136,3 +136,59 @@ pub(crate) fn parse_readers(readers: Vec<String>) -> Result<Vec<Jurisdiction>, S
         .map(|reader| Jurisdiction::parse(reader).map_err(corrupt))
         .collect()
 }
+
+pub(crate) const SUBSCRIPTION_COLUMNS: &str = "id, topic, topic_key, callback, secret, \
+     expires_at, created_at, updated_at, last_success_at, last_failure_at, last_error";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct SubscriptionRow {
+    pub id: i64,
+    pub topic: String,
+    pub topic_key: String,
+    pub callback: String,
+    pub secret: Option<String>,
+    pub expires_at: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_success_at: Option<i64>,
+    pub last_failure_at: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl SubscriptionRow {
+    pub(crate) fn into_subscription(self) -> igl_core::subscriptions::Subscription {
+        igl_core::subscriptions::Subscription {
+            id: self.id,
+            topic: self.topic,
+            topic_key: self.topic_key,
+            callback: self.callback,
+            secret: self.secret.map(igl_core::subscriptions::HubSecret),
+            expires_at: from_micros(self.expires_at),
+            created_at: from_micros(self.created_at),
+            updated_at: from_micros(self.updated_at),
+            last_success_at: self.last_success_at.map(from_micros),
+            last_failure_at: self.last_failure_at.map(from_micros),
+            last_error: self.last_error,
+        }
+    }
+}
+
+/// One subscription per callback, the most specific topic winning (REFERENCE-WIRE §3.3:
+/// results form a set keyed by callback URL).
+pub(crate) fn one_per_callback(
+    rows: Vec<SubscriptionRow>,
+) -> Vec<igl_core::subscriptions::Subscription> {
+    let mut best: std::collections::HashMap<String, SubscriptionRow> =
+        std::collections::HashMap::new();
+    for row in rows {
+        match best.get(&row.callback) {
+            Some(current) if current.topic_key.len() >= row.topic_key.len() => {}
+            _ => {
+                best.insert(row.callback.clone(), row);
+            }
+        }
+    }
+    let mut chosen: Vec<_> = best.into_values().map(SubscriptionRow::into_subscription).collect();
+    chosen.sort_by_key(|subscription| subscription.id);
+    chosen
+}

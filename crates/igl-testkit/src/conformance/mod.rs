@@ -7,4 +7,5 @@ pub mod events;
 pub mod jobs;
 pub mod messages;
 pub mod objects;
+pub mod subscriptions;
 pub mod unit_of_work;

@@ -20,6 +20,9 @@ macro_rules! for_each_storage_case {
         $case!(by_ref jobs::dead_letter_and_replay);
         $case!(by_ref events::append_is_idempotent_and_ordered);
         $case!(by_ref acl::grants_are_per_object_and_reader);
+        $case!(by_ref subscriptions::upsert_renews_and_remove_deletes);
+        $case!(by_ref subscriptions::matching_by_prefix_one_per_callback);
+        $case!(by_ref subscriptions::delivery_health_is_recorded);
         $case!(by_ref unit_of_work::commit_makes_everything_visible);
         $case!(by_ref unit_of_work::dropped_unit_leaves_nothing);
         $case!(by_ref unit_of_work::failed_unit_leaves_nothing);
