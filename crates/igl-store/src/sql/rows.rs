@@ -188,7 +188,10 @@ pub(crate) fn one_per_callback(
             }
         }
     }
-    let mut chosen: Vec<_> = best.into_values().map(SubscriptionRow::into_subscription).collect();
+    let mut chosen: Vec<_> = best
+        .into_values()
+        .map(SubscriptionRow::into_subscription)
+        .collect();
     chosen.sort_by_key(|subscription| subscription.id);
     chosen
 }

@@ -561,7 +561,13 @@ impl Storage for SqliteStore {
     }
 }
 
-sql_subscription_store!(SqliteStore, writer, reader, std::convert::identity, "topic_key IN (SELECT value FROM json_each(?1))");
+sql_subscription_store!(
+    SqliteStore,
+    writer,
+    reader,
+    std::convert::identity,
+    "topic_key IN (SELECT value FROM json_each(?1))"
+);
 
 sql_unit_of_work!(
     SqliteUnitOfWork,

@@ -18,7 +18,10 @@ fn subscription(topic: &str, callback: &str, lease: Duration) -> NewSubscription
 /// and `a.b.*` are one subscription; unsubscribe removes it.
 pub async fn upsert_renews_and_remove_deletes(storage: &dyn Storage) {
     let day = Duration::days(1);
-    let first = storage.upsert_subscription(&subscription("UN.CEFACT.*", "http://s/1", day)).await.unwrap();
+    let first = storage
+        .upsert_subscription(&subscription("UN.CEFACT.*", "http://s/1", day))
+        .await
+        .unwrap();
     assert_eq!(first.topic_key, "UN.CEFACT");
     let mut renewal = subscription("un.cefact", "http://s/1", Duration::days(2));
     renewal.secret = Some(HubSecret("s3cret".into()));
@@ -27,8 +30,18 @@ pub async fn upsert_renews_and_remove_deletes(storage: &dyn Storage) {
     assert_eq!(renewed.secret, Some(HubSecret("s3cret".into())));
     assert!(renewed.expires_at > first.expires_at);
     assert_eq!(storage.list_subscriptions(0, 100).await.unwrap().len(), 1);
-    assert!(storage.remove_subscription("UN.CEFACT.", "http://s/1").await.unwrap());
-    assert!(!storage.remove_subscription("UN.CEFACT", "http://s/1").await.unwrap());
+    assert!(
+        storage
+            .remove_subscription("UN.CEFACT.", "http://s/1")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !storage
+            .remove_subscription("UN.CEFACT", "http://s/1")
+            .await
+            .unwrap()
+    );
     assert!(storage.list_subscriptions(0, 100).await.unwrap().is_empty());
 }
 
@@ -44,20 +57,42 @@ pub async fn matching_by_prefix_one_per_callback(storage: &dyn Storage) {
         ("*", "http://s/all"),
         ("ZZ", "http://s/unrelated"),
     ] {
-        storage.upsert_subscription(&subscription(topic, callback, day)).await.unwrap();
+        storage
+            .upsert_subscription(&subscription(topic, callback, day))
+            .await
+            .unwrap();
     }
     storage
-        .upsert_subscription(&subscription("AA", "http://s/expired", Duration::seconds(-1)))
+        .upsert_subscription(&subscription(
+            "AA",
+            "http://s/expired",
+            Duration::seconds(-1),
+        ))
         .await
         .unwrap();
     let now = Timestamp::now_utc();
-    let matched = storage.matching_subscriptions("aa.bb.cccc.ee", now).await.unwrap();
+    let matched = storage
+        .matching_subscriptions("aa.bb.cccc.ee", now)
+        .await
+        .unwrap();
     let mut callbacks: Vec<&str> = matched.iter().map(|s| s.callback.as_str()).collect();
     callbacks.sort_unstable();
-    assert_eq!(callbacks, ["http://s/all", "http://s/broad", "http://s/specific"]);
-    let broad = matched.iter().find(|s| s.callback == "http://s/broad").unwrap();
-    assert_eq!(broad.topic_key, "AA.BB", "the most specific subscription of a callback wins");
-    let other = storage.matching_subscriptions("AA.BB.CC.GG", now).await.unwrap();
+    assert_eq!(
+        callbacks,
+        ["http://s/all", "http://s/broad", "http://s/specific"]
+    );
+    let broad = matched
+        .iter()
+        .find(|s| s.callback == "http://s/broad")
+        .unwrap();
+    assert_eq!(
+        broad.topic_key, "AA.BB",
+        "the most specific subscription of a callback wins"
+    );
+    let other = storage
+        .matching_subscriptions("AA.BB.CC.GG", now)
+        .await
+        .unwrap();
     assert!(other.iter().any(|s| s.callback == "http://s/other"));
     assert!(!other.iter().any(|s| s.callback == "http://s/specific"));
 
@@ -71,8 +106,14 @@ pub async fn delivery_health_is_recorded(storage: &dyn Storage) {
         .upsert_subscription(&subscription("message.*", "http://s/1", Duration::days(1)))
         .await
         .unwrap();
-    storage.record_delivery(created.id, &DeliveryOutcome::Failed("503".into())).await.unwrap();
-    storage.record_delivery(created.id, &DeliveryOutcome::Delivered).await.unwrap();
+    storage
+        .record_delivery(created.id, &DeliveryOutcome::Failed("503".into()))
+        .await
+        .unwrap();
+    storage
+        .record_delivery(created.id, &DeliveryOutcome::Delivered)
+        .await
+        .unwrap();
     let health = storage.subscription(created.id).await.unwrap().unwrap();
     assert!(health.last_success_at.is_some());
     assert!(health.last_failure_at.is_some());
