@@ -14,6 +14,7 @@ pub mod messages;
 pub mod openapi;
 pub mod reception;
 pub mod state;
+pub mod subscriptions;
 
 use axum::Router;
 use tokio::net::TcpListener;
@@ -33,6 +34,8 @@ pub struct EnabledApis {
     pub admin: bool,
     /// Message Reception API (channel-facing `/channel-message/{channel_id}`).
     pub reception: bool,
+    /// Subscriptions API (the WebSub hub).
+    pub subscriptions: bool,
 }
 
 impl EnabledApis {
@@ -43,6 +46,7 @@ impl EnabledApis {
             documents: true,
             admin: true,
             reception: true,
+            subscriptions: true,
         }
     }
 }
@@ -65,6 +69,9 @@ pub fn app(state: AppState, enabled: EnabledApis) -> Router {
     }
     if enabled.reception {
         router = router.merge(reception::router());
+    }
+    if enabled.subscriptions {
+        router = router.merge(subscriptions::router());
     }
     if enabled != EnabledApis::default() {
         router = router.merge(openapi::router());

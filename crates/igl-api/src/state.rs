@@ -24,6 +24,10 @@ pub struct AppContext {
     pub ingest: MessageIngest,
     /// Caller authentication.
     pub auth: Authenticator,
+    /// Lease limits of hub subscriptions.
+    pub hub_leases: igl_websub::policy::LeasePolicy,
+    /// Which callback URLs hub subscriptions may use.
+    pub hub_callbacks: igl_websub::policy::CallbackPolicy,
     /// Ids of the configured channels (the Message Reception API accepts only these).
     pub channel_ids: Vec<String>,
     /// Largest document accepted, in bytes.

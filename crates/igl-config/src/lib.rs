@@ -21,6 +21,8 @@
 //! - `settings`: the [`Settings`] tree, defaults and derived values (`database_url`, …).
 //! - `load`: [`Settings::load`] and the environment provider.
 //! - `validate`: [`Settings::validate`], which reports every problem at once.
+//! - `jurisdictions`: the `[jurisdictions.<CODE>]` section ([`JurisdictionSettings`]):
+//!   other jurisdictions' Document APIs and the spider's credentials for them.
 //! - `auth`: the `[auth]` section ([`AuthSettings`]): static tokens, JWT validation,
 //!   anonymous and legacy document access. **Its default accepts nobody** (every
 //!   authenticated request gets 401).
@@ -33,6 +35,8 @@ mod auth;
 mod channels;
 mod component;
 mod error;
+mod hub;
+mod jurisdictions;
 mod load;
 mod secret;
 mod settings;
@@ -42,9 +46,11 @@ pub use auth::{
     AuthSettings, JwtKeySource, JwtSettings, MAX_LEEWAY_SECS, MIN_HS256_SECRET_LEN,
     MIN_JWKS_REFRESH_SECS, MIN_STATIC_TOKEN_LEN, StaticTokenSettings,
 };
-pub use channels::ChannelSettings;
+pub use channels::{ChannelFieldFilter, ChannelSettings, routing_pattern_problem};
 pub use component::{Component, ParseComponentError};
 pub use error::{ConfigError, ConfigProblem};
+pub use hub::HubSettings;
+pub use jurisdictions::JurisdictionSettings;
 pub use load::{ENV_NESTING_SEPARATOR, ENV_PREFIX};
 pub use secret::{REDACTED, SecretString, redact_url};
 pub use settings::{

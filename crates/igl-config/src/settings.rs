@@ -17,6 +17,8 @@ use serde::Deserialize;
 use crate::auth::AuthSettings;
 use crate::channels::ChannelSettings;
 use crate::component::Component;
+use crate::hub::HubSettings;
+use crate::jurisdictions::JurisdictionSettings;
 use crate::secret::{SecretString, redact_url};
 
 /// The whole configuration of one node process.
@@ -46,8 +48,14 @@ pub struct Settings {
     /// request to an authenticated API gets 401 until tokens, JWT validation or anonymous
     /// access are configured (see [`AuthSettings`]).
     pub auth: AuthSettings,
+    /// The WebSub hub (`[hub]`).
+    pub hub: HubSettings,
     /// The channels this node exchanges messages over (`[[channels]]`).
     pub channels: Vec<ChannelSettings>,
+    /// Other jurisdictions' Document APIs, for the object spider (`[jurisdictions.<CODE>]`),
+    /// keyed by upper-case code; see [`JurisdictionSettings`].
+    #[serde(deserialize_with = "crate::jurisdictions::deserialize")]
+    pub jurisdictions: BTreeMap<String, JurisdictionSettings>,
     /// Log output (`[log]`).
     pub log: LogSettings,
     /// The components this process runs; defaults to [`Component::all`].
@@ -67,7 +75,9 @@ impl Default for Settings {
             queue: QueueSettings::default(),
             http: HttpSettings::default(),
             auth: AuthSettings::default(),
+            hub: HubSettings::default(),
             channels: Vec::new(),
+            jurisdictions: BTreeMap::new(),
             log: LogSettings::default(),
             components: Component::all().to_vec(),
         }
@@ -125,6 +135,10 @@ pub struct NodeSettings {
     pub jurisdiction: String,
     /// Base directory for embedded state (SQLite file, local objects). Default `./data`.
     pub data_dir: PathBuf,
+    /// The base URL at which channels reach this node's Message Reception API
+    /// (`{public_url}/channel-message/{channel_id}` is the WebSub callback the subscriber
+    /// registers). Default none: the node then does not subscribe to channels.
+    pub public_url: Option<String>,
 }
 
 impl Default for NodeSettings {
@@ -132,6 +146,7 @@ impl Default for NodeSettings {
         NodeSettings {
             jurisdiction: "AU".to_owned(),
             data_dir: PathBuf::from("./data"),
+            public_url: None,
         }
     }
 }

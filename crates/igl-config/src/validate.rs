@@ -31,6 +31,10 @@ impl Settings {
         self.validate_queue(&mut problems);
         problems.0.extend(self.auth.problems());
         problems.0.extend(crate::channels::problems(&self.channels));
+        problems.0.extend(self.hub.problems());
+        problems
+            .0
+            .extend(crate::jurisdictions::problems(&self.jurisdictions));
         if self.log.filter.trim().is_empty() {
             problems.push("log.filter", "must not be empty");
         }
@@ -57,6 +61,9 @@ impl Settings {
         if self.node.data_dir.as_os_str().is_empty() {
             problems.push("node.data_dir", "must not be empty");
         }
+        problems.0.extend(crate::jurisdictions::public_url_problems(
+            self.node.public_url.as_deref(),
+        ));
     }
 
     fn validate_database(&self, problems: &mut Problems) {

@@ -3,7 +3,9 @@ use igl_domain::Timestamp;
 
 use crate::StoreError;
 
-/// An event to append to the log.
+/// An event to append to the log. Appending it (through a [`crate::UnitOfWork`]) also
+/// queues its fan-out to subscribers (`spread.v1` on [`crate::pipeline::SPREAD_QUEUE`]) in
+/// the same transaction.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewEvent {
     /// Stable, unique id. Appending an id that is already in the log is a no-op, so a
@@ -40,4 +42,7 @@ pub struct Event {
 pub trait EventLog: Send + Sync + std::fmt::Debug {
     /// Events with `seq > after`, in order, at most `limit`.
     async fn read_events(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError>;
+
+    /// The event with this id, if any.
+    async fn get_event(&self, id: &str) -> Result<Option<Event>, StoreError>;
 }

@@ -6,6 +6,7 @@
 //! jobs it causes, the events it publishes, ACL grants and the acknowledgement of the job
 //! that caused it all commit in **one transaction**, or not at all (transactional outbox).
 
+pub mod channel;
 mod error;
 mod events;
 pub mod ingest;

@@ -18,6 +18,27 @@ pub const OBJECT_RETRIEVAL_QUEUE: QueueName = QueueName::from_static("object-ret
 /// Channel notifications (`{"id"}` callbacks) waiting for the retriever.
 pub const CHANNEL_MESSAGE_QUEUE: QueueName = QueueName::from_static("channel-message");
 
+/// Outbound messages posted to a channel, waiting for the poller to see them confirmed
+/// (`channel-poll.v1` jobs; the poller retries them with growing delays until the channel
+/// reports a final status).
+pub const CHANNEL_POLL_QUEUE: QueueName = QueueName::from_static("channel-poll");
+
+/// Events waiting to be fanned out to matching subscriptions.
+pub const SPREAD_QUEUE: QueueName = QueueName::from_static("spread");
+/// Deliveries of events to subscribers' callbacks.
+pub const DELIVER_QUEUE: QueueName = QueueName::from_static("deliver");
+/// WebSub intent verifications of subscribe/unsubscribe requests.
+pub const VERIFY_QUEUE: QueueName = QueueName::from_static("websub-verify");
+
+/// The `spread.v1` job for an appended event (dedup by event id).
+pub fn spread_job(event_id: &str) -> NewJob {
+    NewJob::new(
+        SPREAD_QUEUE,
+        serde_json::json!({"type": "spread.v1", "event_id": event_id}),
+    )
+    .with_dedup_key(event_id)
+}
+
 /// A reference to a stored message, the payload of most pipeline jobs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageJob {
@@ -53,6 +74,25 @@ pub enum PipelineJob {
         /// The channel's id of the message (an integer or string on the wire, kept as text).
         message_id: String,
     },
+    /// [`PipelineJob::RetrieveObjectV1`] plus how deep in a chain of `links` the object
+    /// is: the spider queues one per link it follows, with `depth` one more than the
+    /// linking document's (a message's own document, queued as v1, is depth 0). Same
+    /// queue and dedup key as v1, so v1 and v2 jobs for one object deduplicate together.
+    #[serde(rename = "object-retrieval.v2")]
+    RetrieveObjectV2 {
+        /// The message whose document (directly or through links) referenced the object.
+        reference: String,
+        /// The sending jurisdiction, whose Document API serves the object.
+        sender: String,
+        /// The object's multihash.
+        object: String,
+        /// Number of links followed from the message's document to this object.
+        depth: u32,
+    },
+    /// Check the channel status of a posted outbound message (its `channel_id` and
+    /// `channel_txn_id` are read from the stored message).
+    #[serde(rename = "channel-poll.v1")]
+    ChannelPollV1(MessageJob),
 }
 
 impl PipelineJob {
@@ -64,11 +104,15 @@ impl PipelineJob {
             Self::RouteV1(job) => (ROUTE_QUEUE, job.reference.clone()),
             Self::RetrieveObjectV1 {
                 reference, object, ..
+            }
+            | Self::RetrieveObjectV2 {
+                reference, object, ..
             } => (OBJECT_RETRIEVAL_QUEUE, format!("{reference}/{object}")),
             Self::ChannelMessageV1 {
                 channel_id,
                 message_id,
             } => (CHANNEL_MESSAGE_QUEUE, format!("{channel_id}/{message_id}")),
+            Self::ChannelPollV1(job) => (CHANNEL_POLL_QUEUE, job.reference.clone()),
         };
         let payload = serde_json::to_value(&self).unwrap_or(serde_json::Value::Null);
         NewJob::new(queue, payload).with_dedup_key(dedup_key)
@@ -77,6 +121,20 @@ impl PipelineJob {
     /// A `process.v1` job for `reference`.
     pub fn process(reference: &MessageRef) -> Self {
         Self::ProcessV1(MessageJob {
+            reference: reference.to_string(),
+        })
+    }
+
+    /// A `route.v1` job for `reference`.
+    pub fn route(reference: &MessageRef) -> Self {
+        Self::RouteV1(MessageJob {
+            reference: reference.to_string(),
+        })
+    }
+
+    /// A `channel-poll.v1` job for `reference`.
+    pub fn channel_poll(reference: &MessageRef) -> Self {
+        Self::ChannelPollV1(MessageJob {
             reference: reference.to_string(),
         })
     }
@@ -163,5 +221,23 @@ mod tests {
         );
         let back: PipelineJob = serde_json::from_value(new.payload).unwrap();
         assert_eq!(back, job);
+    }
+
+    #[test]
+    fn channel_poll_jobs_are_deduplicated_by_reference() {
+        let reference = MessageRef::parse("AU:r1").unwrap();
+        let new = PipelineJob::channel_poll(&reference).into_new_job();
+        assert_eq!(new.queue, CHANNEL_POLL_QUEUE);
+        assert_eq!(new.dedup_key.as_deref(), Some("AU:r1"));
+        assert_eq!(
+            new.payload,
+            serde_json::json!({"type": "channel-poll.v1", "reference": "AU:r1"})
+        );
+        let route = PipelineJob::route(&reference).into_new_job();
+        assert_eq!(route.queue, ROUTE_QUEUE);
+        assert_eq!(
+            route.payload,
+            serde_json::json!({"type": "route.v1", "reference": "AU:r1"})
+        );
     }
 }

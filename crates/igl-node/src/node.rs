@@ -1,5 +1,6 @@
 //! Composition root: settings → backends → components.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,12 +10,20 @@ use igl_api::auth::{Authenticator, StaticToken};
 use igl_api::{AppContext, EnabledApis};
 use igl_config::{Component, DatabaseBackend, ObjectStoreSettings, Settings};
 use igl_core::ingest::{IngestConfig, MessageIngest};
-use igl_core::pipeline::PROCESS_QUEUE;
+use igl_core::pipeline::{
+    CHANNEL_MESSAGE_QUEUE, CHANNEL_POLL_QUEUE, DELIVER_QUEUE, OBJECT_RETRIEVAL_QUEUE,
+    PROCESS_QUEUE, ROUTE_QUEUE, SPREAD_QUEUE, VERIFY_QUEUE,
+};
 use igl_core::{JobQueue, ObjectStore, QueueName, Storage};
 use igl_domain::Jurisdiction;
 use igl_store::objects::ObjectLake;
 use igl_store::{DatabaseOptions, open_storage};
-use igl_workers::handlers::ProcessMessage;
+use igl_websub::{Deliver, Spread, VerifyIntent};
+use igl_workers::handlers::{
+    DocumentSource, FetchObject, HttpChannelApi, PollChannel, ProcessMessage,
+    RetrieveChannelMessage, RouteMessage, SpiderConfig,
+};
+use igl_workers::{ChannelSubscriptions, SubscriberConfig};
 use igl_workers::{JobHandler, RetryPolicy, WorkerConfig, WorkerSet};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -88,13 +97,128 @@ pub async fn open_backends(settings: &Settings) -> anyhow::Result<Backends> {
 pub struct RunningNode {
     /// Where the HTTP APIs listen, when any is enabled.
     pub http_addr: Option<SocketAddr>,
+    /// The base URL other parties reach this node at (`node.public_url`, or the bound
+    /// address).
+    pub public_url: Option<String>,
     /// The node's backends (tests inspect them directly).
     pub backends: Backends,
     /// The node's jurisdiction.
     pub jurisdiction: Jurisdiction,
+    handlers: BTreeMap<QueueName, Arc<dyn JobHandler>>,
     shutdown: CancellationToken,
-    http: JoinSet<anyhow::Result<()>>,
+    tasks: JoinSet<(&'static str, anyhow::Result<()>)>,
     workers: WorkerSet,
+}
+
+/// Job handlers by queue, with the component that runs them.
+type Handlers = BTreeMap<QueueName, (Component, Arc<dyn JobHandler>)>;
+
+/// Every job handler of the pipeline, keyed by the queue it consumes, built once. The node
+/// spawns workers for the enabled components; tests drive the same handlers with
+/// [`igl_workers::drain`] through [`RunningNode::handler`].
+fn pipeline_handlers(
+    settings: &Settings,
+    backends: &Backends,
+    jurisdiction: Jurisdiction,
+    hub: &igl_websub::HubConfig,
+) -> anyhow::Result<Handlers> {
+    let storage = backends.storage.clone();
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .context("cannot build the HTTP client")?;
+    let channels = Arc::new(
+        igl_channels::client::build_channels(
+            &settings.channels,
+            igl_channels::client::HttpClientConfig::default(),
+        )
+        .context("cannot set up the channels")?,
+    );
+    let channel_api = HttpChannelApi::new(
+        settings
+            .channels
+            .iter()
+            .map(|channel| (channel.id.clone(), channel.url.clone())),
+    )
+    .context("cannot set up the channel reader")?;
+    let mut sources = Vec::new();
+    for (code, source) in &settings.jurisdictions {
+        let code = Jurisdiction::parse(code)
+            .with_context(|| format!("jurisdictions.{code} is not a jurisdiction"))?;
+        sources.push((
+            code,
+            DocumentSource {
+                base_url: source.document_api_url.clone(),
+                token: source
+                    .token
+                    .as_ref()
+                    .map(|token| token.expose_secret().to_owned()),
+                legacy: source.legacy_document_api,
+            },
+        ));
+    }
+    let spider_config = SpiderConfig {
+        max_bytes: settings.documents.max_bytes,
+        ..SpiderConfig::default()
+    };
+    let spider = FetchObject::new(
+        storage.clone(),
+        backends.objects.clone(),
+        jurisdiction,
+        sources,
+        spider_config,
+    )
+    .context("cannot set up the object spider")?;
+
+    let mut handlers = Handlers::new();
+    let mut add = |queue: QueueName, component: Component, handler: Arc<dyn JobHandler>| {
+        handlers.insert(queue, (component, handler));
+    };
+    add(
+        PROCESS_QUEUE,
+        Component::MessageProcessor,
+        Arc::new(ProcessMessage::new(storage.clone(), jurisdiction)),
+    );
+    add(
+        ROUTE_QUEUE,
+        Component::Router,
+        Arc::new(RouteMessage::new(storage.clone(), channels.clone())),
+    );
+    add(
+        CHANNEL_POLL_QUEUE,
+        Component::ChannelPoller,
+        Arc::new(PollChannel::new(storage.clone(), channels)),
+    );
+    add(
+        CHANNEL_MESSAGE_QUEUE,
+        Component::Retriever,
+        Arc::new(RetrieveChannelMessage::new(
+            storage.clone(),
+            Arc::new(channel_api),
+            jurisdiction,
+        )),
+    );
+    add(
+        OBJECT_RETRIEVAL_QUEUE,
+        Component::ObjectSpider,
+        Arc::new(spider),
+    );
+    add(
+        SPREAD_QUEUE,
+        Component::Spreader,
+        Arc::new(Spread::new(storage.clone())),
+    );
+    add(
+        DELIVER_QUEUE,
+        Component::Deliverer,
+        Arc::new(Deliver::new(storage.clone(), http.clone(), hub.clone())),
+    );
+    add(
+        VERIFY_QUEUE,
+        Component::Deliverer,
+        Arc::new(VerifyIntent::new(storage, http, hub.clone())),
+    );
+    Ok(handlers)
 }
 
 /// Opens the backends and starts every enabled component. Returns once the HTTP listener
@@ -124,21 +248,95 @@ pub async fn start(
         .await
         .context("object store does not answer")?;
 
-    let mut workers = WorkerSet::new(&shutdown);
-    if settings.is_enabled(Component::MessageProcessor) {
-        let handler = Arc::new(ProcessMessage::new(backends.storage.clone(), jurisdiction));
-        spawn_worker(&mut workers, &settings, &backends, PROCESS_QUEUE, handler);
-    }
-
     let enabled = EnabledApis {
         messages: settings.is_enabled(Component::MessageApi),
         documents: settings.is_enabled(Component::DocumentApi),
         admin: settings.is_enabled(Component::AdminApi),
         reception: settings.is_enabled(Component::MessageRxApi),
+        subscriptions: settings.is_enabled(Component::SubscriptionsApi),
     };
-    let mut http = JoinSet::new();
-    let mut http_addr = None;
-    if enabled != EnabledApis::default() {
+    let listener = if enabled == EnabledApis::default() {
+        None
+    } else {
+        Some(match prebound {
+            Some(listener) => {
+                listener.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(listener)?
+            }
+            None => tokio::net::TcpListener::bind(settings.http.bind)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.http.bind))?,
+        })
+    };
+    let http_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    let public_url = settings
+        .node
+        .public_url
+        .clone()
+        .or_else(|| http_addr.map(|addr| format!("http://{addr}")))
+        .map(|url| url.trim_end_matches('/').to_owned());
+    let hub_base = settings
+        .hub
+        .public_url
+        .clone()
+        .or_else(|| public_url.clone())
+        .unwrap_or_default();
+    let hub = igl_websub::HubConfig {
+        hub_url: format!("{}/api/v1/subscriptions", hub_base.trim_end_matches('/')),
+        callbacks: igl_websub::policy::CallbackPolicy {
+            allow_private: settings.hub.allow_private_callbacks,
+        },
+        timeout: Duration::from_secs(settings.hub.timeout_secs),
+    };
+
+    let handlers = pipeline_handlers(&settings, &backends, jurisdiction, &hub)?;
+    let mut workers = WorkerSet::new(&shutdown);
+    for (queue, (component, handler)) in &handlers {
+        if settings.is_enabled(*component) {
+            spawn_worker(
+                &mut workers,
+                &settings,
+                &backends,
+                queue.clone(),
+                handler.clone(),
+            );
+        }
+    }
+    let mut tasks = JoinSet::new();
+    if settings.is_enabled(Component::ChannelSubscriber) && !settings.channels.is_empty() {
+        match &public_url {
+            Some(public_url) => {
+                let api = HttpChannelApi::new(
+                    settings
+                        .channels
+                        .iter()
+                        .map(|c| (c.id.clone(), c.url.clone())),
+                )
+                .context("cannot set up the channel subscriber")?;
+                let config = SubscriberConfig::new(
+                    jurisdiction,
+                    public_url.clone(),
+                    settings
+                        .channels
+                        .iter()
+                        .map(|c| c.id.clone())
+                        .collect::<Vec<_>>(),
+                );
+                let queue: Arc<dyn JobQueue> = backends.storage.clone();
+                let subscriber = ChannelSubscriptions::new(Arc::new(api), queue, config);
+                let stop = shutdown.child_token();
+                tasks.spawn(async move {
+                    subscriber.run(stop).await;
+                    ("channel-subscriber", Ok(()))
+                });
+            }
+            None => tracing::warn!(
+                "channel-subscriber needs node.public_url (or an HTTP API of this process) to tell channels where to call; not subscribing"
+            ),
+        }
+    }
+
+    if let Some(listener) = listener {
         let ingest = MessageIngest::start(backends.storage.clone(), ingest_config(&settings));
         let mut auth = Authenticator::from_settings(&settings.auth, jurisdiction)
             .await
@@ -162,6 +360,12 @@ pub async fn start(
             objects: backends.objects.clone(),
             ingest,
             auth,
+            hub_leases: igl_websub::policy::LeasePolicy {
+                default: Duration::from_secs(settings.hub.default_lease_secs),
+                min: Duration::from_secs(settings.hub.min_lease_secs),
+                max: Duration::from_secs(settings.hub.max_lease_secs),
+            },
+            hub_callbacks: hub.callbacks,
             channel_ids: settings
                 .channels
                 .iter()
@@ -171,25 +375,15 @@ pub async fn start(
             insecure_legacy_document_auth: settings.auth.insecure_legacy_document_auth,
             metrics,
         });
-        let listener = match prebound {
-            Some(listener) => {
-                listener.set_nonblocking(true)?;
-                tokio::net::TcpListener::from_std(listener)?
-            }
-            None => tokio::net::TcpListener::bind(settings.http.bind)
-                .await
-                .with_context(|| format!("cannot listen on {}", settings.http.bind))?,
-        };
-        let addr = listener.local_addr()?;
-        http_addr = Some(addr);
         let app = igl_api::app(state, enabled);
         let stop = shutdown.child_token();
-        http.spawn(async move {
-            igl_api::serve(listener, app, stop)
+        tasks.spawn(async move {
+            let result = igl_api::serve(listener, app, stop)
                 .await
-                .context("http server failed")
+                .context("http server failed");
+            ("http-apis", result)
         });
-        info!(%addr, "http apis listening");
+        info!(addr = ?http_addr, "http apis listening");
     }
     info!(
         %jurisdiction,
@@ -197,14 +391,110 @@ pub async fn start(
         workers = workers.len(),
         "node started"
     );
+    let handlers = handlers
+        .into_iter()
+        .map(|(queue, (_, handler))| (queue, handler))
+        .collect();
     Ok(RunningNode {
         http_addr,
+        public_url,
         backends,
         jurisdiction,
+        handlers,
         shutdown,
-        http,
+        tasks,
         workers,
     })
+}
+
+fn ingest_config(settings: &Settings) -> IngestConfig {
+    let concurrent_batches = match settings.database.backend() {
+        DatabaseBackend::Sqlite => 1,
+        DatabaseBackend::Postgres => 4,
+    };
+    IngestConfig {
+        concurrent_batches,
+        ..IngestConfig::default()
+    }
+}
+
+fn spawn_worker(
+    workers: &mut WorkerSet,
+    settings: &Settings,
+    backends: &Backends,
+    queue: QueueName,
+    handler: Arc<dyn JobHandler>,
+) {
+    let policy = settings.queue.retry_policy(queue.as_str());
+    // Deliveries and verifications wait on other parties' servers: handle many at once so
+    // one slow subscriber does not hold up the others.
+    let concurrency = if queue == DELIVER_QUEUE || queue == VERIFY_QUEUE {
+        128
+    } else {
+        16
+    };
+    let config = WorkerConfig {
+        claim_batch: settings.queue.claim_batch as usize,
+        concurrency,
+        lease: settings.queue.lease(),
+        idle_poll: settings.queue.poll_interval(),
+        retry: RetryPolicy {
+            max_attempts: policy.max_attempts,
+            base_delay: policy.base_delay(),
+            max_delay: policy.max_delay(),
+        },
+        ..WorkerConfig::new(queue)
+    };
+    let job_queue: Arc<dyn JobQueue> = backends.storage.clone();
+    workers.spawn(job_queue, handler, config);
+}
+
+impl RunningNode {
+    /// The token that stops this node.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// The handler the node runs for `queue` (whether or not its component is enabled in
+    /// this process), for driving queues deterministically in tests.
+    pub fn handler(&self, queue: &QueueName) -> Option<Arc<dyn JobHandler>> {
+        self.handlers.get(queue).cloned()
+    }
+
+    /// Runs until shutdown is requested or a component fails, then stops every component
+    /// (finishing current requests and jobs, within a grace period). A component failure is
+    /// returned as the error.
+    pub async fn wait(mut self) -> anyhow::Result<()> {
+        let mut failure = None;
+        tokio::select! {
+            () = self.shutdown.cancelled() => {}
+            Some(result) = self.tasks.join_next() => {
+                failure = Some(flatten(result));
+            }
+            Some((name, result)) = self.workers.join_next() => {
+                failure = Some(result.map_err(anyhow::Error::from).with_context(|| format!("worker {name} stopped")));
+            }
+        }
+        self.shutdown.cancel();
+        let drained = self.workers.shutdown(SHUTDOWN_GRACE).await;
+        while let Some(result) = self.tasks.join_next().await {
+            if let Err(error) = flatten(result) {
+                failure.get_or_insert(Err(error));
+            }
+        }
+        info!(workers_finished_cleanly = drained, "node stopped");
+        match failure {
+            Some(Err(error)) => Err(error),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn flatten(
+    result: Result<(&'static str, anyhow::Result<()>), tokio::task::JoinError>,
+) -> anyhow::Result<()> {
+    let (name, result) = result.context("component task panicked")?;
+    result.with_context(|| format!("{name} stopped"))
 }
 
 /// Installs the process-wide Prometheus recorder of the `metrics` facade on first call and
@@ -239,77 +529,4 @@ pub fn install_metrics_recorder() -> Option<igl_api::admin::PrometheusHandle> {
             Some(handle)
         })
         .clone()
-}
-
-fn ingest_config(settings: &Settings) -> IngestConfig {
-    let concurrent_batches = match settings.database.backend() {
-        DatabaseBackend::Sqlite => 1,
-        DatabaseBackend::Postgres => 4,
-    };
-    IngestConfig {
-        concurrent_batches,
-        ..IngestConfig::default()
-    }
-}
-
-fn spawn_worker(
-    workers: &mut WorkerSet,
-    settings: &Settings,
-    backends: &Backends,
-    queue: QueueName,
-    handler: Arc<dyn JobHandler>,
-) {
-    let policy = settings.queue.retry_policy(queue.as_str());
-    let config = WorkerConfig {
-        claim_batch: settings.queue.claim_batch as usize,
-        lease: settings.queue.lease(),
-        idle_poll: settings.queue.poll_interval(),
-        retry: RetryPolicy {
-            max_attempts: policy.max_attempts,
-            base_delay: policy.base_delay(),
-            max_delay: policy.max_delay(),
-        },
-        ..WorkerConfig::new(queue)
-    };
-    let job_queue: Arc<dyn JobQueue> = backends.storage.clone();
-    workers.spawn(job_queue, handler, config);
-}
-
-impl RunningNode {
-    /// The token that stops this node.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    /// Runs until shutdown is requested or a component fails, then stops every component
-    /// (finishing current requests and jobs, within a grace period). A component failure is
-    /// returned as the error.
-    pub async fn wait(mut self) -> anyhow::Result<()> {
-        let mut failure = None;
-        tokio::select! {
-            () = self.shutdown.cancelled() => {}
-            Some(result) = self.http.join_next() => {
-                failure = Some(flatten(result).context("http apis stopped"));
-            }
-            Some((name, result)) = self.workers.join_next() => {
-                failure = Some(result.map_err(anyhow::Error::from).with_context(|| format!("worker {name} stopped")));
-            }
-        }
-        self.shutdown.cancel();
-        let drained = self.workers.shutdown(SHUTDOWN_GRACE).await;
-        while let Some(result) = self.http.join_next().await {
-            if let Err(error) = flatten(result) {
-                failure.get_or_insert(Err(error));
-            }
-        }
-        info!(workers_finished_cleanly = drained, "node stopped");
-        match failure {
-            Some(Err(error)) => Err(error),
-            _ => Ok(()),
-        }
-    }
-}
-
-fn flatten(result: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
-    result.context("component task panicked")?
 }

@@ -15,6 +15,8 @@
 //! - `config`: [`WorkerConfig`];
 //! - `runtime`: [`run_worker`], [`drain`], [`DrainReport`];
 //! - `supervisor`: [`WorkerSet`], which runs several workers for the node binary;
+//! - `subscriber`: [`ChannelSubscriptions`], the long-running task that keeps the node
+//!   subscribed to its channels (not a job handler);
 //! - [`metrics`]: the names of the metrics every worker reports;
 //! - `error`: [`WorkerError`].
 
@@ -25,6 +27,7 @@ pub mod handlers;
 pub mod metrics;
 mod retry;
 mod runtime;
+mod subscriber;
 mod supervisor;
 
 pub use config::WorkerConfig;
@@ -32,4 +35,7 @@ pub use error::WorkerError;
 pub use handler::{Handled, JobError, JobHandler};
 pub use retry::RetryPolicy;
 pub use runtime::{DrainReport, drain, run_worker};
+pub use subscriber::{
+    ChannelSubscriber, ChannelSubscriptions, SubscriberConfig, SubscriptionRequest,
+};
 pub use supervisor::WorkerSet;

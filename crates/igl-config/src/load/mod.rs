@@ -30,7 +30,9 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "queue",
     "http",
     "auth",
+    "hub",
     "channels",
+    "jurisdictions",
     "log",
     "components",
 ];

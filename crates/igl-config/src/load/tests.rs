@@ -269,7 +269,7 @@ fn unknown_key_in_file_is_an_error_naming_it() {
     assert_eq!(problem.key.as_deref(), Some("node.datadir"));
     assert_eq!(
         problem.message,
-        "unknown field \"datadir\" (expected one of: jurisdiction, data_dir)"
+        "unknown field \"datadir\" (expected one of: jurisdiction, data_dir, public_url)"
     );
     let origin = problem.origin.as_deref().unwrap();
     assert!(
@@ -284,7 +284,7 @@ fn unknown_keys_are_errors_at_every_level() {
         problems(load(Some("colour = \"blue\"\n"), &[])),
         [
             "colour: unknown field \"colour\" (expected one of: node, database, objects, \
-          documents, queue, http, auth, channels, log, components)"
+          documents, queue, http, auth, hub, channels, jurisdictions, log, components)"
         ]
     );
     assert_eq!(
@@ -327,7 +327,7 @@ fn unknown_key_in_env_names_the_variable() {
     assert_eq!(
         error.problems()[0].to_string(),
         "node.jurisdicton: unknown field \"jurisdicton\" (expected one of: jurisdiction, \
-         data_dir) (from environment variable IGL_NODE__JURISDICTON)"
+         data_dir, public_url) (from environment variable IGL_NODE__JURISDICTON)"
     );
 }
 

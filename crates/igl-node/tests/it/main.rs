@@ -5,5 +5,6 @@ mod support;
 mod admin;
 mod crash;
 mod documents;
+mod hub;
 mod messages;
 mod reception;

@@ -12,8 +12,7 @@ use std::sync::Arc;
 use igl_config::{Component, SecretString, Settings};
 use igl_core::{JobQueue, QueueName};
 use igl_node::{NodeOptions, RunningNode};
-use igl_workers::handlers::ProcessMessage;
-use igl_workers::{DrainReport, JobHandler, WorkerConfig};
+use igl_workers::{DrainReport, WorkerConfig};
 use reqwest::{Method, RequestBuilder, Response};
 use serde_json::Value;
 use tempfile::TempDir;
@@ -118,11 +117,13 @@ impl TestNodeBuilder {
                 });
         }
         settings.auth.insecure_legacy_document_auth = self.insecure_legacy_document_auth;
+        settings.hub.allow_private_callbacks = true;
         for (id, url) in self.channels {
             settings.channels.push(igl_config::ChannelSettings {
                 id,
-                name: None,
                 url,
+                receivers: vec!["SG".into()],
+                ..Default::default()
             });
         }
         if let Database::Postgres { schema } = &self.database {
@@ -185,6 +186,7 @@ impl TestNode {
                 Component::DocumentApi,
                 Component::AdminApi,
                 Component::MessageRxApi,
+                Component::SubscriptionsApi,
             ],
             data_dir: None,
             database: Database::Sqlite,
@@ -244,16 +246,13 @@ impl TestNode {
             .clone()
     }
 
-    /// Runs the real handler of `queue` until nothing is due.
+    /// Runs the node's real handler of `queue` until nothing is due.
     pub async fn drain(&self, queue: QueueName) -> DrainReport {
         let running = self.running.as_ref().expect("running");
-        let storage = running.backends.storage.clone();
-        let handler: Arc<dyn JobHandler> = if queue == igl_core::pipeline::PROCESS_QUEUE {
-            Arc::new(ProcessMessage::new(storage.clone(), running.jurisdiction))
-        } else {
-            panic!("no handler for queue {queue} in tests yet")
-        };
-        let job_queue: Arc<dyn JobQueue> = storage;
+        let handler = running
+            .handler(&queue)
+            .unwrap_or_else(|| panic!("no handler for {queue}"));
+        let job_queue: Arc<dyn JobQueue> = running.backends.storage.clone();
         igl_workers::drain(&job_queue, &handler, &WorkerConfig::new(queue))
             .await
             .expect("drain")

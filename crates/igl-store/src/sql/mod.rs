@@ -55,7 +55,13 @@ macro_rules! sql_unit_of_work {
                 &mut self,
                 event: &igl_core::NewEvent,
             ) -> Result<bool, igl_core::StoreError> {
-                append_event(&mut self.tx, event).await
+                let appended = append_event(&mut self.tx, event).await?;
+                if appended {
+                    let spread = igl_core::pipeline::spread_job(&event.id);
+                    enqueue(&mut self.tx, std::slice::from_ref(&spread)).await?;
+                    self.woken.push(spread.queue);
+                }
+                Ok(appended)
             }
 
             async fn grant_object(

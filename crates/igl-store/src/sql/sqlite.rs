@@ -515,6 +515,17 @@ impl EventLog for SqliteStore {
         .map_err(store_error)?;
         rows.into_iter().map(EventRow::into_event).collect()
     }
+
+    async fn get_event(&self, id: &str) -> Result<Option<Event>, StoreError> {
+        let row: Option<EventRow> = sqlx::query_as(
+            "SELECT seq, id, kind, topic, payload, created_at FROM events WHERE id = ?1",
+        )
+        .bind(id)
+        .fetch_optional(&self.reader)
+        .await
+        .map_err(store_error)?;
+        row.map(EventRow::into_event).transpose()
+    }
 }
 
 #[async_trait]

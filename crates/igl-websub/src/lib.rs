@@ -1,0 +1,35 @@
+//! The node's WebSub hub (W3C WebSub, hub side; ARCHITECTURE §8).
+//!
+//! - [`policy`]: which callback URLs are acceptable (SSRF guard) and topic/lease rules;
+//! - [`signature`]: `X-Hub-Signature: sha256=<hex HMAC>` over the raw body;
+//! - [`VerifyIntent`], [`Spread`], [`Deliver`]: the job handlers of the `websub-verify`,
+//!   `spread` and `deliver` queues.
+//!
+//! Flow: the Subscriptions API validates a request and queues its intent verification
+//! (202); [`VerifyIntent`] GETs the callback with a single-use challenge and only an echoed
+//! challenge activates (or removes) the subscription. Every event appended to the event log
+//! queues a `spread.v1` job in the same transaction; [`Spread`] looks up the matching
+//! subscriptions through their topic-key index and queues one `deliver.v1` job per callback;
+//! [`Deliver`] POSTs the event, signed when the subscription has a secret, and retries with
+//! backoff (honouring `Retry-After`) until the retry policy sends it to the dead letters.
+
+mod deliver;
+pub mod policy;
+pub mod signature;
+mod spread;
+mod verify;
+
+pub use deliver::{Deliver, DeliverJob, EVENT_ID_HEADER};
+pub use spread::Spread;
+pub use verify::{VerifyIntent, VerifyJob};
+
+/// How the hub identifies itself and treats subscribers.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The hub URL advertised in `Link: <…>; rel="hub"` (the Subscriptions API URL).
+    pub hub_url: String,
+    /// Callback URL policy.
+    pub callbacks: policy::CallbackPolicy,
+    /// Timeout of every outbound call (verification GET, delivery POST).
+    pub timeout: std::time::Duration,
+}
