@@ -236,6 +236,8 @@ fn node(mut settings: Settings, args: NodeArgs, env: &ProcessEnv) -> Result<(), 
         if let Some(listen) = args.listen {
             settings.http.bind = listen;
         }
+        // Local subscribers (a demo callback on 127.0.0.1) must work in development.
+        settings.hub.allow_private_callbacks = true;
         settings.validate().map_err(CommandError::Config)?;
         Some(
             env.get("IGL_DEV_TOKEN")
