@@ -85,8 +85,20 @@ const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// The queues of the message pipeline, reported by `/metrics` and `/api/v1/admin/queues`.
-pub fn known_queues() -> [QueueName; 3] {
-    [PROCESS_QUEUE, ROUTE_QUEUE, OBJECT_RETRIEVAL_QUEUE]
+pub fn known_queues() -> [QueueName; 8] {
+    use igl_core::pipeline::{
+        CHANNEL_MESSAGE_QUEUE, CHANNEL_POLL_QUEUE, DELIVER_QUEUE, SPREAD_QUEUE, VERIFY_QUEUE,
+    };
+    [
+        PROCESS_QUEUE,
+        ROUTE_QUEUE,
+        CHANNEL_POLL_QUEUE,
+        CHANNEL_MESSAGE_QUEUE,
+        OBJECT_RETRIEVAL_QUEUE,
+        SPREAD_QUEUE,
+        DELIVER_QUEUE,
+        VERIFY_QUEUE,
+    ]
 }
 
 /// The node's Prometheus recorder configuration: every metric whose name ends in

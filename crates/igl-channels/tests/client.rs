@@ -386,6 +386,40 @@ async fn not_found_and_refused_are_permanent() {
 }
 
 #[tokio::test]
+async fn configuration_errors_are_not_blamed_on_the_message() {
+    let fake = Arc::new(FakeChannel::default());
+    fake.script_post(Reply::text(StatusCode::UNAUTHORIZED, "token expired"));
+    fake.script_post(Reply::text(StatusCode::NOT_FOUND, "no such path"));
+    let client = client(serve(fake).await);
+    for status in [401, 404] {
+        let error = client.post_message(&content("SG")).await.unwrap_err();
+        assert!(
+            matches!(error, ChannelError::Misconfigured { status: s, .. } if s == status),
+            "{error:?}"
+        );
+        assert!(
+            error.is_transient(),
+            "retried, then dead-lettered; never rejected"
+        );
+    }
+    // A channel without the listing says so with a permanent error.
+    let wrong_base = HttpChannelClient::new(
+        "au-sg",
+        &format!("{}nowhere/", client.base_url()),
+        HttpClientConfig::default(),
+    )
+    .unwrap();
+    let error = wrong_base
+        .list_messages(&ListQuery::default())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(error, ChannelError::Refused { status: 404, .. }),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
 async fn subscriptions_are_form_posts() {
     let fake = Arc::new(FakeChannel::default());
     let client = client(serve(fake.clone()).await);
@@ -884,5 +918,32 @@ async fn a_channel_failing_to_answer_a_poll_is_asked_again_later() {
         (depth.scheduled, depth.dead),
         (1, 0),
         "waits for Retry-After: {depth:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_misconfigured_channel_delays_the_message_instead_of_rejecting_it() {
+    let fake = Arc::new(FakeChannel::default());
+    fake.script_post(Reply::text(StatusCode::FORBIDDEN, ""));
+    let node = Node::new(serve(fake.clone()).await).await;
+    let reference = node.submit("r10", "SG").await;
+
+    let report = node.route().await;
+    assert!(report.done == 0 && report.retried >= 1, "{report:?}");
+    assert_eq!(
+        node.message(&reference).await.status,
+        MessageStatus::Pending
+    );
+
+    // Fixed (here: the next answer is a normal one); the retry posts it.
+    let deadline = Instant::now() + DEADLINE;
+    while node.message(&reference).await.channel_txn_id.is_none() {
+        assert!(Instant::now() < deadline, "never posted");
+        node.route().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        node.message(&reference).await.status,
+        MessageStatus::Pending
     );
 }

@@ -1174,14 +1174,17 @@ async fn announcement_latency(backend: Backend, rate_per_second: u64, seconds: u
         posts.spawn(async move {
             let started = std::time::Instant::now();
             let id = post_message(&http, &url, &message_to("SG")).await;
-            (id, started)
+            (id, started, started.elapsed())
         });
     }
     let mut started = std::collections::HashMap::new();
+    let mut post_latencies = Vec::new();
     while let Some(joined) = posts.join_next().await {
-        let (id, at) = joined.unwrap();
+        let (id, at, post_latency) = joined.unwrap();
         started.insert(id, at);
+        post_latencies.push(post_latency);
     }
+    post_latencies.sort();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while log.arrivals.lock().unwrap().len() < total as usize {
         assert!(tokio::time::Instant::now() < deadline, "not all announced");
@@ -1198,10 +1201,13 @@ async fn announcement_latency(backend: Backend, rate_per_second: u64, seconds: u
     let percentile =
         |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
     println!(
-        "{total} messages at {rate_per_second}/s: POST → callback p50 {:?}, p99 {:?}, max {:?}",
+        "{total} messages at {rate_per_second}/s: POST → callback p50 {:?}, p99 {:?}, max {:?}; \
+         POST alone p50 {:?}, p99 {:?}",
         percentile(0.50),
         percentile(0.99),
-        latencies[latencies.len() - 1]
+        latencies[latencies.len() - 1],
+        post_latencies[post_latencies.len() / 2],
+        post_latencies[post_latencies.len() * 99 / 100],
     );
     pair.stop().await;
 }

@@ -121,7 +121,7 @@ impl ChannelFieldFilter {
 
 /// Why `pattern` is not a routing pattern (exact value, or prefix ending in `*`), if it
 /// is not one.
-pub fn routing_pattern_problem(pattern: &str) -> Option<&'static str> {
+pub(crate) fn routing_pattern_problem(pattern: &str) -> Option<&'static str> {
     let body = pattern.strip_suffix('*').unwrap_or(pattern);
     if pattern.is_empty() {
         Some("must not be empty")
@@ -329,6 +329,52 @@ mod tests {
             .extract::<ChannelSettings>()
             .unwrap_err();
         assert!(error.to_string().contains("sender_ref"), "{error}");
+    }
+
+    #[test]
+    fn a_routing_table_loads_from_a_file_and_problems_name_the_key() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("igl.toml");
+        std::fs::write(
+            &path,
+            r#"
+                [[channels]]
+                id = "au-sg"
+                url = "http://127.0.0.1:8180/"
+                receivers = ["SG"]
+                predicates = ["UN.CEFACT.*"]
+                [channels.deny]
+                sender = ["NZ"]
+
+                [[channels]]
+                id = "au-nz"
+                url = "http://127.0.0.1:8181/"
+                receivers = ["NZ", "sg"]
+            "#,
+        )
+        .unwrap();
+        let error = crate::Settings::load(Some(&path), Vec::new()).unwrap_err();
+        let found: Vec<String> = error.problems().iter().map(ToString::to_string).collect();
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(
+            found[0].starts_with(
+                "channels.1.receivers.1: \"sg\" is not an upper-case ISO 3166-1 alpha-2 code"
+            ),
+            "{found:?}"
+        );
+        std::fs::write(
+            &path,
+            std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("\"sg\"", "\"SG\""),
+        )
+        .unwrap();
+        let settings = crate::Settings::load(Some(&path), Vec::new()).unwrap();
+        assert_eq!(
+            settings.channels[0].deny.sender.as_deref(),
+            Some(&["NZ".to_owned()][..])
+        );
+        assert_eq!(settings.channels[1].receivers, ["NZ", "SG"]);
     }
 
     fn toml_from_str(text: &str) -> ChannelSettings {

@@ -46,7 +46,7 @@ pub use auth::{
     AuthSettings, JwtKeySource, JwtSettings, MAX_LEEWAY_SECS, MIN_HS256_SECRET_LEN,
     MIN_JWKS_REFRESH_SECS, MIN_STATIC_TOKEN_LEN, StaticTokenSettings,
 };
-pub use channels::{ChannelFieldFilter, ChannelSettings, routing_pattern_problem};
+pub use channels::{ChannelFieldFilter, ChannelSettings};
 pub use component::{Component, ParseComponentError};
 pub use error::{ConfigError, ConfigProblem};
 pub use hub::HubSettings;

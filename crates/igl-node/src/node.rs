@@ -425,7 +425,25 @@ fn spawn_worker(
     queue: QueueName,
     handler: Arc<dyn JobHandler>,
 ) {
+    let configured = settings.queue.queues.contains_key(queue.as_str());
     let policy = settings.queue.retry_policy(queue.as_str());
+    let mut retry = RetryPolicy {
+        max_attempts: policy.max_attempts,
+        base_delay: policy.base_delay(),
+        max_delay: policy.max_delay(),
+    };
+    // Built-in policies where the general default would dead-letter normal traffic: the
+    // poller re-checks until the channel confirms (minutes on a blockchain), the router
+    // keeps messages waiting while a channel is down. `[queue.queues.<name>]` overrides.
+    if !configured && queue == CHANNEL_POLL_QUEUE {
+        retry = PollChannel::RECOMMENDED_RETRY;
+    } else if !configured && (queue == ROUTE_QUEUE || queue == CHANNEL_MESSAGE_QUEUE) {
+        retry = RetryPolicy {
+            max_attempts: 30,
+            base_delay: Duration::from_millis(500),
+            max_delay: Duration::from_secs(300),
+        };
+    }
     // Deliveries and verifications wait on other parties' servers: handle many at once so
     // one slow subscriber does not hold up the others.
     let concurrency = if queue == DELIVER_QUEUE || queue == VERIFY_QUEUE {
@@ -438,11 +456,7 @@ fn spawn_worker(
         concurrency,
         lease: settings.queue.lease(),
         idle_poll: settings.queue.poll_interval(),
-        retry: RetryPolicy {
-            max_attempts: policy.max_attempts,
-            base_delay: policy.base_delay(),
-            max_delay: policy.max_delay(),
-        },
+        retry,
         ..WorkerConfig::new(queue)
     };
     let job_queue: Arc<dyn JobQueue> = backends.storage.clone();

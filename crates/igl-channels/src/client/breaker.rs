@@ -11,7 +11,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use igl_core::channel::CircuitState;
-use metrics::{Gauge, describe_gauge, gauge};
+use metrics::{describe_gauge, gauge};
 
 /// `igl_channel_circuit_open{channel}`: 1 while calls to the channel fail fast (open or
 /// half-open), 0 when closed.
@@ -50,7 +50,6 @@ pub struct CircuitBreaker {
     channel: String,
     config: CircuitBreakerConfig,
     state: Mutex<State>,
-    open_gauge: Gauge,
 }
 
 /// Permission to make one call; report its outcome with [`CallPermit::succeeded`] or
@@ -67,22 +66,30 @@ pub struct CallPermit<'a> {
 impl CircuitBreaker {
     /// A closed circuit for `channel` (the label of its gauge).
     pub fn new(channel: impl Into<String>, config: CircuitBreakerConfig) -> Self {
-        let channel = channel.into();
-        describe_gauge!(
-            CIRCUIT_OPEN_GAUGE,
-            "1 while calls to the channel fail fast because it kept failing"
-        );
-        let open_gauge = gauge!(CIRCUIT_OPEN_GAUGE, "channel" => channel.clone());
-        open_gauge.set(0.0);
-        Self {
-            channel,
+        let breaker = Self {
+            channel: channel.into(),
             config: CircuitBreakerConfig {
                 failure_threshold: config.failure_threshold.max(1),
                 ..config
             },
             state: Mutex::new(State::Closed { failures: 0 }),
-            open_gauge,
-        }
+        };
+        describe_gauge!(
+            CIRCUIT_OPEN_GAUGE,
+            "1 while calls to the channel fail fast because it kept failing"
+        );
+        breaker.set_gauge(false);
+        breaker
+    }
+
+    /// Sets the gauge, resolved through the recorder installed now (not the one installed
+    /// when the breaker was made, if any).
+    fn set_gauge(&self, open: bool) {
+        gauge!(CIRCUIT_OPEN_GAUGE, "channel" => self.channel.clone()).set(if open {
+            1.0
+        } else {
+            0.0
+        });
     }
 
     /// The channel this breaker guards.
@@ -157,7 +164,7 @@ impl CircuitBreaker {
         drop(state);
         match (before, after) {
             (State::Closed { .. }, State::Open { .. }) => {
-                self.open_gauge.set(1.0);
+                self.set_gauge(true);
                 tracing::warn!(
                     channel = %self.channel,
                     failures = self.config.failure_threshold,
@@ -166,7 +173,7 @@ impl CircuitBreaker {
                 );
             }
             (State::Open { .. } | State::HalfOpen { .. }, State::Closed { .. }) => {
-                self.open_gauge.set(0.0);
+                self.set_gauge(false);
                 tracing::info!(channel = %self.channel, "channel circuit closed");
             }
             _ => {}
@@ -329,5 +336,102 @@ mod tests {
         closed.acquire().unwrap().succeeded();
         assert_eq!(closed.state(), CircuitState::Closed);
         assert_eq!(closed.channel(), "other");
+    }
+
+    /// Records the last value set on each gauge, by its labels.
+    #[derive(Debug, Default)]
+    struct GaugeRecorder {
+        values: std::sync::Arc<Mutex<std::collections::HashMap<String, f64>>>,
+    }
+
+    #[derive(Debug)]
+    struct RecordedGauge {
+        key: String,
+        values: std::sync::Arc<Mutex<std::collections::HashMap<String, f64>>>,
+    }
+
+    impl metrics::GaugeFn for RecordedGauge {
+        fn increment(&self, _: f64) {}
+        fn decrement(&self, _: f64) {}
+        fn set(&self, value: f64) {
+            self.values.lock().unwrap().insert(self.key.clone(), value);
+        }
+    }
+
+    impl metrics::Recorder for GaugeRecorder {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            let labels: Vec<String> = key
+                .labels()
+                .map(|label| format!("{}={}", label.key(), label.value()))
+                .collect();
+            metrics::Gauge::from_arc(std::sync::Arc::new(RecordedGauge {
+                key: format!("{}{{{}}}", key.name(), labels.join(",")),
+                values: self.values.clone(),
+            }))
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn the_gauge_follows_the_circuit() {
+        let recorder = GaugeRecorder::default();
+        let gauge = |recorder: &GaugeRecorder| {
+            recorder
+                .values
+                .lock()
+                .unwrap()
+                .get("igl_channel_circuit_open{channel=gauged}")
+                .copied()
+        };
+        metrics::with_local_recorder(&recorder, || {
+            let breaker = CircuitBreaker::new(
+                "gauged",
+                CircuitBreakerConfig {
+                    failure_threshold: 1,
+                    cool_down: Duration::ZERO,
+                },
+            );
+            assert_eq!(gauge(&recorder), Some(0.0));
+            breaker.acquire().unwrap().failed();
+            assert_eq!(gauge(&recorder), Some(1.0));
+            let probe = breaker.acquire().expect("cool-down over");
+            assert_eq!(gauge(&recorder), Some(1.0), "half-open still fails fast");
+            probe.succeeded();
+            assert_eq!(gauge(&recorder), Some(0.0));
+        });
     }
 }

@@ -154,12 +154,12 @@ impl HttpChannelClient {
         url
     }
 
-    /// Sends `request` through the circuit breaker and returns the status and body of a
-    /// 2xx answer. A 404 becomes [`ChannelError::NotFound`] for `id` when given.
+    /// Sends `request` to `target` through the circuit breaker and returns the status and
+    /// body of a 2xx answer.
     async fn call(
         &self,
         request: RequestBuilder,
-        id: Option<&str>,
+        target: Target<'_>,
     ) -> Result<(StatusCode, Vec<u8>), ChannelError> {
         let permit = self
             .breaker
@@ -169,7 +169,7 @@ impl HttpChannelClient {
                 retry_in,
             })?;
         let result = self
-            .exchange(request.timeout(self.request_timeout), id)
+            .exchange(request.timeout(self.request_timeout), target)
             .await;
         match &result {
             Err(error) if error.is_transient() => permit.failed(),
@@ -181,7 +181,7 @@ impl HttpChannelClient {
     async fn exchange(
         &self,
         request: RequestBuilder,
-        id: Option<&str>,
+        target: Target<'_>,
     ) -> Result<(StatusCode, Vec<u8>), ChannelError> {
         let mut response = request
             .send()
@@ -205,24 +205,59 @@ impl HttpChannelClient {
         if status.is_success() {
             return Ok((status, body));
         }
-        let detail = detail(&body);
-        match status {
-            StatusCode::NOT_FOUND if id.is_some() => Err(ChannelError::NotFound {
-                channel: self.channel_id.clone(),
-                id: id.unwrap_or_default().to_owned(),
-            }),
-            StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS => {
-                Err(self.unavailable(HttpStatusError { status, detail }, retry_after))
-            }
-            status if status.is_server_error() => {
-                Err(self.unavailable(HttpStatusError { status, detail }, retry_after))
-            }
-            status if status.is_client_error() => Err(ChannelError::Refused {
-                channel: self.channel_id.clone(),
-                status: status.as_u16(),
+        Err(self.classify(status, detail(&body), retry_after, target))
+    }
+
+    /// The error for a non-2xx answer from `target`: unavailable (408, 429, 5xx),
+    /// misconfigured (401, 403; 404 and 405 where every channel serves the path), not
+    /// found (404 for a message), refused (other 4xx; 404, 405 and 501 for the listing).
+    fn classify(
+        &self,
+        status: StatusCode,
+        detail: String,
+        retry_after: Option<Duration>,
+        target: Target<'_>,
+    ) -> ChannelError {
+        let channel = self.channel_id.clone();
+        let code = status.as_u16();
+        match (status, target) {
+            (StatusCode::NOT_FOUND, Target::Message(id)) => ChannelError::NotFound {
+                channel,
+                id: id.to_owned(),
+            },
+            (
+                StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED
+                | StatusCode::NOT_IMPLEMENTED,
+                Target::Listing,
+            ) => ChannelError::Refused {
+                channel,
+                status: code,
                 detail,
-            }),
-            status => Err(self.invalid(format!("unexpected HTTP status {status}"))),
+            },
+            (
+                StatusCode::UNAUTHORIZED
+                | StatusCode::FORBIDDEN
+                | StatusCode::NOT_FOUND
+                | StatusCode::METHOD_NOT_ALLOWED,
+                _,
+            ) => ChannelError::Misconfigured {
+                channel,
+                status: code,
+                detail,
+            },
+            (StatusCode::REQUEST_TIMEOUT | StatusCode::TOO_MANY_REQUESTS, _) => {
+                self.unavailable(HttpStatusError { status, detail }, retry_after)
+            }
+            (status, _) if status.is_server_error() => {
+                self.unavailable(HttpStatusError { status, detail }, retry_after)
+            }
+            (status, _) if status.is_client_error() => ChannelError::Refused {
+                channel,
+                status: code,
+                detail,
+            },
+            (status, _) => self.invalid(format!("unexpected HTTP status {status}")),
         }
     }
 
@@ -266,7 +301,8 @@ impl HttpChannelClient {
     /// Posts a WebSub subscription form.
     async fn subscription(&self, form: &[(&str, String)]) -> Result<(), ChannelError> {
         let url = self.endpoint(&["messages", "subscriptions", "by_jurisdiction"]);
-        self.call(self.http.post(url).form(form), None).await?;
+        self.call(self.http.post(url).form(form), Target::Collection)
+            .await?;
         Ok(())
     }
 }
@@ -290,7 +326,7 @@ impl ChannelClient for HttpChannelClient {
             "predicate": content.predicate,
         });
         let request = self.http.post(self.endpoint(&["messages"])).json(&body);
-        let (_, body) = self.call(request, None).await?;
+        let (_, body) = self.call(request, Target::Collection).await?;
         let object = self.json_object(&body)?;
         let id = object
             .get("id")
@@ -305,14 +341,14 @@ impl ChannelClient for HttpChannelClient {
 
     async fn message_status(&self, id: &str) -> Result<RemoteStatus, ChannelError> {
         let request = self.http.get(self.endpoint(&["messages", id]));
-        let (_, body) = self.call(request, Some(id)).await?;
+        let (_, body) = self.call(request, Target::Message(id)).await?;
         let object = self.json_object(&body)?;
         self.status_of(&object)
     }
 
     async fn get_message(&self, id: &str) -> Result<ChannelMessage, ChannelError> {
         let request = self.http.get(self.endpoint(&["messages", id]));
-        let (_, body) = self.call(request, Some(id)).await?;
+        let (_, body) = self.call(request, Target::Message(id)).await?;
         let object = self.json_object(&body)?;
         let status = self.status_of(&object)?;
         let Some(Value::Object(message)) = object.get("message") else {
@@ -378,13 +414,25 @@ impl ChannelClient for HttpChannelClient {
                 pairs.append_pair("limit", &limit.to_string());
             }
         }
-        let (_, body) = self.call(self.http.get(url), None).await?;
+        let (_, body) = self.call(self.http.get(url), Target::Listing).await?;
         let value: Value = serde_json::from_slice(&body)
             .map_err(|error| self.invalid(format!("the body is not JSON: {error}")))?;
         parse_page(value).ok_or_else(|| {
             self.invalid("the body is neither a list of messages nor an object with \"messages\"")
         })
     }
+}
+
+/// What a call addresses, for reading its error statuses.
+#[derive(Debug, Clone, Copy)]
+enum Target<'a> {
+    /// A path every channel serves (`/messages` for posts, subscriptions): a 404 or 405
+    /// means a wrong base URL.
+    Collection,
+    /// `/messages/{id}`: a 404 means the channel does not know the message.
+    Message(&'a str),
+    /// The optional listing: 404, 405 and 501 mean the channel has none.
+    Listing,
 }
 
 /// A channel answered with an error status.

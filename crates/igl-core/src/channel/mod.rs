@@ -77,8 +77,8 @@ pub trait ChannelClient: Send + Sync + fmt::Debug {
 
     /// Lists messages for catching up after downtime (`GET {base}/messages?receiver=&
     /// updated_since=&after_id=&cursor=&limit=`), oldest first. Follow [`ChannelPage::next`] until it
-    /// is `None`. The reference channels do not implement the listing (a 404 or 405 then
-    /// comes back as [`ChannelError::Refused`]).
+    /// is `None`. The reference channels do not implement the listing: a 404, 405 or 501
+    /// then comes back as [`ChannelError::Refused`].
     async fn list_messages(&self, query: &ListQuery) -> Result<ChannelPage, ChannelError>;
 }
 
@@ -266,10 +266,23 @@ pub enum ChannelError {
         /// How long until a probe call may go through.
         retry_in: Duration,
     },
-    /// The channel refused the request (a 4xx other than 404, 408 and 429), e.g. a 400 for
-    /// a message it considers invalid. Permanent: the same request fails the same way.
+    /// The channel refused the request itself (a 4xx such as 400 for a message it
+    /// considers invalid, 409, 413, 422). Permanent: the same request fails the same way.
     #[error("channel {channel} refused the request with HTTP {status}: {detail}")]
     Refused {
+        /// The channel id.
+        channel: String,
+        /// The HTTP status.
+        status: u16,
+        /// The start of the response body.
+        detail: String,
+    },
+    /// The node is not set up to use the channel: 401 or 403 (credentials), or 404 or 405
+    /// for a path every channel serves (a wrong base URL). Treated as transient, because
+    /// the message is not at fault: an operator fixes the configuration and replays the
+    /// dead-lettered jobs; rejecting the message would be final.
+    #[error("channel {channel} answered HTTP {status}; check its configuration: {detail}")]
+    Misconfigured {
         /// The channel id.
         channel: String,
         /// The HTTP status.
@@ -301,9 +314,10 @@ impl ChannelError {
     /// Whether retrying later may succeed.
     pub fn is_transient(&self) -> bool {
         match self {
-            Self::Unavailable { .. } | Self::CircuitOpen { .. } | Self::InvalidResponse { .. } => {
-                true
-            }
+            Self::Unavailable { .. }
+            | Self::CircuitOpen { .. }
+            | Self::Misconfigured { .. }
+            | Self::InvalidResponse { .. } => true,
             Self::Refused { .. } | Self::NotFound { .. } => false,
         }
     }
@@ -323,6 +337,7 @@ impl ChannelError {
             Self::Unavailable { channel, .. }
             | Self::CircuitOpen { channel, .. }
             | Self::Refused { channel, .. }
+            | Self::Misconfigured { channel, .. }
             | Self::NotFound { channel, .. }
             | Self::InvalidResponse { channel, .. } => channel,
         }

@@ -5,8 +5,9 @@
 //!
 //! - **Which channel**: the rules accepting the message are tried in table order; the
 //!   first channel that takes the post wins. A channel that is unavailable (unreachable,
-//!   timing out, 5xx, 429, or its circuit open) is skipped for now; a channel that refuses
-//!   the message (4xx) is skipped for good.
+//!   timing out, 5xx, 429, its circuit open, or misconfigured: 401, 403, a 404 or 405 on
+//!   `POST /messages`) is skipped for now; a channel that refuses the message itself
+//!   (400 and the other 4xx) is skipped for good.
 //! - **Outcomes**: posted → channel fields recorded and a `channel-poll.v1` job queued,
 //!   with the ack, in one unit of work. No rule accepts the message, or every accepting
 //!   channel refused it → the message is `rejected`, and the `message.<ref>.status` event
