@@ -206,7 +206,7 @@ struct Backend {
     medium_schema: Option<String>,
     /// PostgreSQL schemas to drop at the end.
     schemas: Vec<String>,
-    _dir: TempDir,
+    dir: TempDir,
 }
 
 impl Backend {
@@ -217,7 +217,7 @@ impl Backend {
             medium_url,
             medium_schema: None,
             schemas: Vec::new(),
-            _dir: dir,
+            dir,
         }
     }
 
@@ -227,7 +227,7 @@ impl Backend {
             medium_url: url.to_owned(),
             medium_schema: Some(schema.clone()),
             schemas: vec![schema],
-            _dir: tempfile::tempdir().unwrap(),
+            dir: tempfile::tempdir().unwrap(),
         }
     }
 
@@ -242,7 +242,7 @@ impl Backend {
                     .unwrap(),
             )
         } else {
-            let path = self._dir.path().join(format!("{name}-state.db"));
+            let path = self.dir.path().join(format!("{name}-state.db"));
             Arc::new(SqliteStore::open(&path).await.unwrap())
         }
     }
@@ -869,7 +869,14 @@ async fn the_cursor_survives_a_restart_of_the_receiving_endpoint() {
     let au_state = backend.state("au").await;
     let sg_state = backend.state("sg").await;
     let au_endpoint = serve(backend.config(au(), au_state)).await;
-    let sg_endpoint = serve(backend.config(sg(), sg_state.clone())).await;
+    // SG keeps its subscriptions and cursors in a database of its own.
+    let sg_config = {
+        let mut config = backend.config(sg(), sg_state);
+        let local = backend.dir.path().join("sg-local.db");
+        config.local_url = Some(format!("sqlite://{}", local.display()));
+        config
+    };
+    let sg_endpoint = serve(sg_config.clone()).await;
     let http = reqwest::Client::new();
     let subscriber = Subscriber::start().await;
     let response = subscribe(
@@ -896,16 +903,18 @@ async fn the_cursor_survives_a_restart_of_the_receiving_endpoint() {
     assert_eq!(subscriber.deliveries().len(), 1);
 
     // Back up: the three are announced, once each; the first is not announced again.
-    let sg_endpoint = serve(backend.config(sg(), sg_state)).await;
+    let sg_endpoint = serve(sg_config).await;
     subscriber.wait_for_deliveries(4).await;
     subscriber
         .expect_no_more_than(4, Duration::from_millis(500))
         .await;
-    let announced: Vec<i64> = subscriber
+    // Deliveries run concurrently: compare without order.
+    let mut announced: Vec<i64> = subscriber
         .deliveries()
         .iter()
         .map(|delivery| delivery.json()["id"].as_i64().unwrap())
         .collect();
+    announced.sort_unstable();
     assert_eq!(announced, posted);
 
     sg_endpoint.stop().await.unwrap();
@@ -945,8 +954,19 @@ async fn messages_posted_before_the_receiving_endpoint_first_started_are_announc
 // ---------------------------------------------------------------------------------------
 
 #[tokio::test]
-async fn status_changes_follow_the_state_machine_and_reach_by_id_subscribers() {
-    let pair = Pair::start(Backend::sqlite()).await;
+async fn status_changes_follow_the_state_machine_and_reach_by_id_subscribers_on_sqlite() {
+    status_changes_reach_by_id_subscribers(Backend::sqlite()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+async fn status_changes_follow_the_state_machine_and_reach_by_id_subscribers_on_postgres() {
+    let url = std::env::var("IGL_TEST_POSTGRES_URL").expect("IGL_TEST_POSTGRES_URL");
+    status_changes_reach_by_id_subscribers(Backend::postgres(&url)).await;
+}
+
+async fn status_changes_reach_by_id_subscribers(backend: Backend) {
+    let pair = Pair::start(backend).await;
     let http = &pair.http;
     let by_jurisdiction = Subscriber::start().await;
     subscribe_sg(&pair, &by_jurisdiction, None).await;
@@ -1019,8 +1039,19 @@ async fn status_changes_follow_the_state_machine_and_reach_by_id_subscribers() {
 }
 
 #[tokio::test]
-async fn listing_supports_catch_up_by_receiver_and_updated_since() {
-    let pair = Pair::start(Backend::sqlite()).await;
+async fn listing_supports_catch_up_by_receiver_and_updated_since_on_sqlite() {
+    listing_supports_catch_up(Backend::sqlite()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+async fn listing_supports_catch_up_by_receiver_and_updated_since_on_postgres() {
+    let url = std::env::var("IGL_TEST_POSTGRES_URL").expect("IGL_TEST_POSTGRES_URL");
+    listing_supports_catch_up(Backend::postgres(&url)).await;
+}
+
+async fn listing_supports_catch_up(backend: Backend) {
+    let pair = Pair::start(backend).await;
     let http = &pair.http;
     let before = time::OffsetDateTime::now_utc() - Duration::from_secs(1);
     let mut to_sg = Vec::new();

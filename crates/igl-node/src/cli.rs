@@ -59,6 +59,8 @@ pub enum BenchCommand {
     Queue(crate::bench::QueueBenchArgs),
     /// `POST /api/v1/messages` throughput and latency (open or closed load model).
     Ingest(crate::bench::IngestBenchArgs),
+    /// AU POST → SG stored through two in-process nodes and a shared-db channel.
+    E2e(crate::bench::E2eBenchArgs),
 }
 
 /// The subcommands of `igl config`.

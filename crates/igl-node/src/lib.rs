@@ -2,6 +2,7 @@
 //! into running components (HTTP APIs and workers) on concrete backends. The `igl` binary
 //! and the integration tests both start nodes through [`start`].
 
+pub mod network;
 mod node;
 
 pub use node::{Backends, NodeOptions, RunningNode, open_backends, start};

@@ -7,7 +7,7 @@
 //! which both sqlx drivers understand; [`Db::sql`] fills in the one thing that differs,
 //! the expression for "now" in microseconds since the Unix epoch.
 //!
-//! Writes that must be ordered take the medium's write lock ([`Db::begin_write`]): on
+//! Writes that must be ordered take the medium's write lock (`in_write_transaction!`): on
 //! SQLite `BEGIN IMMEDIATE` on a single writer connection, on PostgreSQL a transaction-level
 //! advisory lock. Holding it while the row id is allocated and until commit makes ids (and
 //! `updated_at`) appear in commit order, so a reader that has seen id `n` has seen every
@@ -15,8 +15,11 @@
 //! late.
 
 use std::borrow::Cow;
+use std::collections::HashMap;
+use std::ops::Deref;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
@@ -38,15 +41,34 @@ pub(crate) enum Db {
     Postgres(PostgresDb),
 }
 
-/// SQLite: one writer connection (writes queue in the pool instead of failing with
-/// `SQLITE_BUSY`), a pool of readers, WAL, `synchronous = FULL`.
+/// SQLite: one writer connection (writes queue in the pool instead of waiting in SQLite's
+/// sleeping busy handler), a pool of readers, WAL, `synchronous = FULL`.
+///
+/// Every endpoint of this process that opens the same file shares the same pools (so the
+/// AU and SG endpoints of the embedded demo queue for one writer rather than competing for
+/// the file lock); other processes on the same file wait through `busy_timeout`.
 #[derive(Debug, Clone)]
-pub(crate) struct SqliteDb {
+pub(crate) struct SqliteDb(Arc<SqlitePools>);
+
+#[derive(Debug)]
+pub(crate) struct SqlitePools {
     pub(crate) writer: SqlitePool,
     pub(crate) reader: SqlitePool,
     /// The canonical path of the file: identifies the medium within this process.
     pub(crate) path: PathBuf,
 }
+
+impl Deref for SqliteDb {
+    type Target = SqlitePools;
+
+    fn deref(&self) -> &SqlitePools {
+        &self.0
+    }
+}
+
+/// The SQLite files open in this process, by canonical path.
+static OPEN_SQLITE: LazyLock<tokio::sync::Mutex<HashMap<PathBuf, Weak<SqlitePools>>>> =
+    LazyLock::new(Default::default);
 
 /// PostgreSQL: one pool whose connections use `schema`.
 #[derive(Debug, Clone)]
@@ -92,11 +114,16 @@ impl Db {
     pub(crate) fn identity(&self) -> String {
         match self {
             Db::Sqlite(sqlite) => format!("sqlite:{}", sqlite.path.display()),
-            Db::Postgres(postgres) => format!(
-                "postgres:{}/{}",
-                postgres.pool.connect_options().get_database().unwrap_or(""),
-                postgres.schema
-            ),
+            Db::Postgres(postgres) => {
+                let options = postgres.pool.connect_options();
+                format!(
+                    "postgres://{}:{}/{}?schema={}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or(""),
+                    postgres.schema
+                )
+            }
         }
     }
 
@@ -153,6 +180,11 @@ async fn open_sqlite(url: &str, options: &DbOptions<'_>) -> Result<SqliteDb, End
             ))
         })?;
     }
+    let path = canonical_path(&file);
+    let mut open = OPEN_SQLITE.lock().await;
+    if let Some(pools) = open.get(&path).and_then(Weak::upgrade) {
+        return Ok(SqliteDb(pools));
+    }
     let connect = connect
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
@@ -169,16 +201,34 @@ async fn open_sqlite(url: &str, options: &DbOptions<'_>) -> Result<SqliteDb, End
         .acquire_timeout(options.connect_timeout)
         .connect_with(connect)
         .await?;
-    let path = canonical_path(&file);
-    Ok(SqliteDb {
+    let pools = Arc::new(SqlitePools {
         writer,
         reader,
-        path,
-    })
+        path: path.clone(),
+    });
+    open.retain(|_, pools| pools.strong_count() > 0);
+    open.insert(path, Arc::downgrade(&pools));
+    Ok(SqliteDb(pools))
 }
 
+/// The canonical form of a database file path that may not exist yet (its directory does).
 fn canonical_path(file: &Path) -> PathBuf {
-    std::fs::canonicalize(file).unwrap_or_else(|_| file.to_path_buf())
+    if let Ok(path) = std::fs::canonicalize(file) {
+        return path;
+    }
+    match (file.parent(), file.file_name()) {
+        (Some(directory), Some(name)) => {
+            let directory = if directory.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                directory
+            };
+            std::fs::canonicalize(directory)
+                .map(|directory| directory.join(name))
+                .unwrap_or_else(|_| file.to_path_buf())
+        }
+        _ => file.to_path_buf(),
+    }
 }
 
 async fn open_postgres(url: &str, options: &DbOptions<'_>) -> Result<PostgresDb, EndpointError> {

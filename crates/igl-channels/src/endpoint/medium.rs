@@ -116,16 +116,20 @@ impl Medium {
         &self,
         messages: &[WireMessage],
     ) -> Result<Vec<i64>, sqlx::Error> {
-        let sql = self.db.sql(
-            "INSERT INTO channel_messages \
-             (sender, receiver, subject, obj, predicate, status, created_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, 'confirmed', t.now, t.now FROM (SELECT {now} AS now) t \
-             RETURNING id",
-        );
+        let sql: Arc<str> = self
+            .db
+            .sql(
+                "INSERT INTO channel_messages \
+                 (sender, receiver, subject, obj, predicate, status, created_at, updated_at) \
+                 SELECT $1, $2, $3, $4, $5, 'confirmed', t.now, t.now \
+                 FROM (SELECT {now} AS now) t RETURNING id",
+            )
+            .0
+            .into();
         let ids: Result<Vec<i64>, sqlx::Error> = in_write_transaction!(&self.db, |tx| {
             let mut ids = Vec::with_capacity(messages.len());
             for message in messages {
-                let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.0.clone()))
+                let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
                     .bind(&message.sender)
                     .bind(&message.receiver)
                     .bind(&message.subject)

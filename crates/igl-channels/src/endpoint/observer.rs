@@ -10,9 +10,15 @@
 //!   subscribers of the message.
 //!
 //! Each round enqueues the jobs (with dedup keys) on the local state first and advances the
-//! cursor after: a crash in between enqueues again (the dedup key drops the copies of jobs
-//! still queued), it never loses an announcement. Rounds run when a commit wakes the
-//! observer, a subscription changes, or the poll interval passes.
+//! in-memory cursor after; a separate task persists the latest cursor whenever it moved
+//! (coalescing: the observer never waits for it, which matters when the cursor shares a
+//! SQLite file with the other endpoint's writes) and once more when the observer stops.
+//! The persisted cursor therefore never passes what was enqueued: a crash repeats the
+//! announcements since the last persisted position (the dedup key drops the copies of
+//! jobs still queued; delivered ones are delivered again, which subscribers tolerate as
+//! WebSub delivery is at least once), it never loses one. A graceful stop repeats nothing.
+//! Rounds run when a commit wakes the observer, a subscription changes, or the poll
+//! interval passes.
 
 use std::pin::pin;
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use igl_core::NewJob;
 use igl_workers::RetryPolicy;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -38,6 +45,9 @@ const CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
 /// a subscription change.
 const HELD_RECHECK: Duration = Duration::from_secs(1);
 
+/// The shortest interval between two writes of the cursors.
+const PERSIST_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Backoff after failed rounds (database or state unavailable).
 const FAILURE_BACKOFF: RetryPolicy = RetryPolicy {
     max_attempts: u32::MAX,
@@ -51,7 +61,7 @@ pub(crate) fn now_micros() -> i64 {
     i64::try_from(nanos).unwrap_or(i64::MAX)
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Cursors {
     messages: i64,
     status: i64,
@@ -67,7 +77,10 @@ struct RoundOutcome {
 #[derive(Debug)]
 struct Observer {
     shared: Arc<Shared>,
+    /// How far the jobs are enqueued (loaded from the store on the first round).
     cursors: Option<Cursors>,
+    /// Hands the cursors to the task that persists them.
+    persist: watch::Sender<Option<Cursors>>,
     /// Set while messages wait for a subscriber: the subscription epoch and time of the
     /// last look.
     held: Option<(u64, Instant)>,
@@ -81,9 +94,12 @@ pub(crate) async fn run_observer(
     shutdown: CancellationToken,
 ) -> Result<(), EndpointError> {
     let poll = shared.config.observer.poll_interval;
+    let (persist, persisted) = watch::channel(None);
+    let persister = tokio::spawn(persist_cursors(shared.clone(), persisted, shutdown.clone()));
     let mut observer = Observer {
         shared: shared.clone(),
         cursors: None,
+        persist,
         held: None,
         last_cleanup: None,
     };
@@ -118,7 +134,6 @@ pub(crate) async fn run_observer(
                     ?delay,
                     "channel observer round failed, will retry"
                 );
-                observer.cursors = None;
                 tokio::select! {
                     () = shutdown.cancelled() => break,
                     () = tokio::time::sleep(delay) => {}
@@ -126,7 +141,82 @@ pub(crate) async fn run_observer(
             }
         }
     }
+    // Closing the channel makes the persister write the final position, then stop.
+    drop(observer);
+    if let Err(error) = persister.await {
+        tracing::error!(error = %error, "cursor persister ended abnormally");
+    }
     tracing::info!("channel observer stopped");
+    Ok(())
+}
+
+/// Persists the latest cursors when they change, at most every [`PERSIST_INTERVAL`]
+/// (each write competes with the medium's writers), and once more when the observer drops
+/// its sender. Writes coalesce: positions reached in between replace each other and only
+/// the newest is written.
+async fn persist_cursors(
+    shared: Arc<Shared>,
+    mut latest: watch::Receiver<Option<Cursors>>,
+    shutdown: CancellationToken,
+) {
+    let mut persisted: Option<Cursors> = None;
+    let mut failures: u32 = 0;
+    loop {
+        if !shutdown.is_cancelled() && persisted.is_some() {
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(PERSIST_INTERVAL) => {}
+            }
+        }
+        let open = latest.changed().await.is_ok();
+        let wanted = *latest.borrow_and_update();
+        if let Some(wanted) = wanted {
+            while persisted != Some(wanted) {
+                match write_cursors(&shared, persisted, wanted).await {
+                    Ok(()) => {
+                        persisted = Some(wanted);
+                        failures = 0;
+                    }
+                    Err(error) => {
+                        failures = failures.saturating_add(1);
+                        let delay = FAILURE_BACKOFF.backoff(failures, &mut rand::rng());
+                        tracing::warn!(
+                            error = %crate::endpoint::error_chain(&error),
+                            ?delay,
+                            "observer cursor not persisted, will retry"
+                        );
+                        if !open && failures >= 5 {
+                            // Stopping: the next start repeats from the last persisted
+                            // position.
+                            return;
+                        }
+                        tokio::time::sleep(delay).await;
+                    }
+                }
+            }
+        }
+        if !open {
+            return;
+        }
+    }
+}
+
+async fn write_cursors(
+    shared: &Shared,
+    persisted: Option<Cursors>,
+    wanted: Cursors,
+) -> Result<(), sqlx::Error> {
+    let store = &shared.store;
+    if persisted.is_none_or(|p| p.messages != wanted.messages) {
+        store
+            .advance_cursor(MESSAGES_STREAM, wanted.messages, now_micros())
+            .await?;
+    }
+    if persisted.is_none_or(|p| p.status != wanted.status) {
+        store
+            .advance_cursor(STATUS_STREAM, wanted.status, now_micros())
+            .await?;
+    }
     Ok(())
 }
 
@@ -136,12 +226,15 @@ impl Observer {
         let store = &shared.store;
         let mut cursors = match self.cursors {
             Some(cursors) => cursors,
-            None => Cursors {
-                messages: store.cursor(MESSAGES_STREAM).await?,
-                status: store.cursor(STATUS_STREAM).await?,
-            },
+            None => {
+                let loaded = Cursors {
+                    messages: store.cursor(MESSAGES_STREAM).await?,
+                    status: store.cursor(STATUS_STREAM).await?,
+                };
+                self.cursors = Some(loaded);
+                loaded
+            }
         };
-        self.cursors = Some(cursors);
         let mut outcome = RoundOutcome::default();
         let batch = shared.config.observer.batch_size;
 
@@ -170,11 +263,8 @@ impl Observer {
                         .collect();
                     shared.config.state.enqueue(&jobs).await?;
                     let last = announced.last().map_or(cursors.messages, |row| row.id);
-                    store
-                        .advance_cursor(MESSAGES_STREAM, last, now_micros())
-                        .await?;
                     cursors.messages = last;
-                    self.cursors = Some(cursors);
+                    self.advance(cursors);
                     metrics::counter!("igl_channel_announcements_total")
                         .increment(jobs.len() as u64);
                     tracing::debug!(
@@ -213,11 +303,8 @@ impl Observer {
             if !jobs.is_empty() {
                 shared.config.state.enqueue(&jobs).await?;
             }
-            store
-                .advance_cursor(STATUS_STREAM, last, now_micros())
-                .await?;
             cursors.status = last;
-            self.cursors = Some(cursors);
+            self.advance(cursors);
             outcome.more |= changes.len() == batch;
         }
 
@@ -232,6 +319,12 @@ impl Observer {
             }
         }
         Ok(outcome)
+    }
+
+    /// Records that everything up to `cursors` is enqueued, and has it persisted.
+    fn advance(&mut self, cursors: Cursors) {
+        self.cursors = Some(cursors);
+        self.persist.send_replace(Some(cursors));
     }
 
     /// False while messages wait for a first subscriber and neither the subscriptions

@@ -7,4 +7,5 @@ mod crash;
 mod documents;
 mod hub;
 mod messages;
+mod network;
 mod reception;

@@ -41,6 +41,17 @@ pub struct TestNodeBuilder {
     static_tokens: Vec<(String, String)>,
     insecure_legacy_document_auth: bool,
     channels: Vec<(String, String)>,
+    configure: Vec<Configure>,
+    listener: Option<std::net::TcpListener>,
+}
+
+/// A settings change applied by [`TestNodeBuilder::configure`].
+pub struct Configure(Box<dyn FnOnce(&mut Settings) + Send>);
+
+impl std::fmt::Debug for Configure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Configure")
+    }
 }
 
 impl TestNodeBuilder {
@@ -84,6 +95,18 @@ impl TestNodeBuilder {
     /// Configures a channel `id` with endpoint `url`.
     pub fn channel(mut self, id: &str, url: &str) -> Self {
         self.channels.push((id.into(), url.into()));
+        self
+    }
+
+    /// Changes the settings just before the node starts.
+    pub fn configure(mut self, change: impl FnOnce(&mut Settings) + Send + 'static) -> Self {
+        self.configure.push(Configure(Box::new(change)));
+        self
+    }
+
+    /// Serves the APIs on this already bound listener (to know the URL in advance).
+    pub fn listener(mut self, listener: std::net::TcpListener) -> Self {
+        self.listener = Some(listener);
         self
     }
 
@@ -131,12 +154,15 @@ impl TestNodeBuilder {
             settings.database.url = Some(SecretString::new(url));
             settings.database.schema = Some(schema.clone());
         }
+        for Configure(change) in self.configure {
+            change(&mut settings);
+        }
         settings.validate().expect("test settings are valid");
         let shutdown = CancellationToken::new();
         let options = NodeOptions {
             settings,
             dev_token: Some(TOKEN.into()),
-            listener: None,
+            listener: self.listener,
         };
         let running = igl_node::start(options, shutdown.clone())
             .await
@@ -193,6 +219,8 @@ impl TestNode {
             max_document_bytes: None,
             static_tokens: Vec::new(),
             channels: Vec::new(),
+            configure: Vec::new(),
+            listener: None,
             insecure_legacy_document_auth: false,
         }
     }

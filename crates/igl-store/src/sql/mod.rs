@@ -56,7 +56,10 @@ macro_rules! sql_unit_of_work {
                 event: &igl_core::NewEvent,
             ) -> Result<bool, igl_core::StoreError> {
                 let appended = append_event(&mut self.tx, event).await?;
-                if appended {
+                // Fan-out only matters when someone listens. A subscription committed after
+                // this transaction started listening later than the event, so it need not
+                // receive it (WebSub delivers what is published while subscribed).
+                if appended && any_subscription(&mut self.tx).await? {
                     let spread = igl_core::pipeline::spread_job(&event.id);
                     enqueue(&mut self.tx, std::slice::from_ref(&spread)).await?;
                     self.woken.push(spread.queue);

@@ -413,6 +413,14 @@ async fn append_event(conn: &mut PgConnection, event: &NewEvent) -> Result<bool,
     Ok(result.rows_affected() == 1)
 }
 
+/// Whether any subscription exists (expired ones included; they are purged separately).
+async fn any_subscription(conn: &mut PgConnection) -> Result<bool, StoreError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions)")
+        .fetch_one(conn)
+        .await
+        .map_err(store_error)
+}
+
 async fn grant_object(
     conn: &mut PgConnection,
     object: &Multihash,

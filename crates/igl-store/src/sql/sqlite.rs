@@ -302,6 +302,14 @@ async fn append_event(conn: &mut SqliteConnection, event: &NewEvent) -> Result<b
     Ok(result.rows_affected() == 1)
 }
 
+/// Whether any subscription exists (expired ones included; they are purged separately).
+async fn any_subscription(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
+    sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions)")
+        .fetch_one(conn)
+        .await
+        .map_err(store_error)
+}
+
 async fn grant_object(
     conn: &mut SqliteConnection,
     object: &Multihash,

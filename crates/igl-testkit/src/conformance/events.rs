@@ -6,6 +6,16 @@ use crate::fixtures::event;
 
 /// Appends are idempotent by id and read back in order after a position.
 pub async fn append_is_idempotent_and_ordered(storage: &dyn Storage) {
+    // With a subscriber present, every appended event is queued for fan-out.
+    storage
+        .upsert_subscription(&igl_core::subscriptions::NewSubscription {
+            topic: "*".into(),
+            callback: "http://subscriber.example/cb".into(),
+            secret: None,
+            expires_at: igl_domain::Timestamp::now_utc() + time::Duration::days(1),
+        })
+        .await
+        .unwrap();
     let mut unit = storage.begin().await.unwrap();
     assert!(
         unit.append_event(&event("e1", "message.AU:1.status"))
@@ -52,5 +62,22 @@ pub async fn append_is_idempotent_and_ordered(storage: &dyn Storage) {
             .await
             .unwrap()
             .is_empty()
+    );
+}
+
+/// Without any subscription, appending an event queues no fan-out work.
+pub async fn no_fan_out_without_subscribers(storage: &dyn Storage) {
+    let mut unit = storage.begin().await.unwrap();
+    assert!(unit.append_event(&event("lonely", "x.y.z")).await.unwrap());
+    unit.commit().await.unwrap();
+    let spread = storage
+        .depth(&igl_core::pipeline::SPREAD_QUEUE)
+        .await
+        .unwrap();
+    assert_eq!(spread.ready, 0);
+    assert_eq!(
+        storage.read_events(0, 10).await.unwrap().len(),
+        1,
+        "the event is still logged"
     );
 }

@@ -1,0 +1,190 @@
+//! An in-process two-jurisdiction network: AU and SG nodes with every component, and a
+//! shared-db channel endpoint pair on one SQLite medium, all on loopback ports chosen by
+//! the OS. Used by `igl bench e2e` (and the demo): the same composition as separate
+//! processes would run, only in one.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use igl_channels::endpoint::{EndpointConfig, RunningEndpoint};
+use igl_config::{ChannelSettings, Component, JurisdictionSettings, SecretString, Settings};
+use igl_core::Storage;
+use igl_domain::Jurisdiction;
+use tokio_util::sync::CancellationToken;
+
+use crate::{NodeOptions, RunningNode};
+
+/// One node of the network.
+#[derive(Debug)]
+pub struct NetworkNode {
+    /// The running node.
+    pub node: RunningNode,
+    /// Its base URL.
+    pub url: String,
+    /// A bearer token of its own jurisdiction (development token).
+    pub token: String,
+}
+
+/// AU + SG + their channel.
+#[derive(Debug)]
+pub struct Network {
+    /// The AU node.
+    pub au: NetworkNode,
+    /// The SG node.
+    pub sg: NetworkNode,
+    endpoints: Vec<RunningEndpoint>,
+    shutdown: CancellationToken,
+}
+
+fn bind() -> anyhow::Result<(std::net::TcpListener, String)> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}", listener.local_addr()?);
+    Ok((listener, url))
+}
+
+async fn endpoint(
+    jurisdiction: Jurisdiction,
+    medium: &str,
+    directory: &Path,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<RunningEndpoint> {
+    let state: Arc<dyn Storage> = Arc::new(
+        igl_store::SqliteStore::open(&directory.join(format!("endpoint-{jurisdiction}.db")))
+            .await
+            .context("cannot open the endpoint state")?,
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}", listener.local_addr()?);
+    let mut config = EndpointConfig::new(jurisdiction, medium, state, url);
+    config.allow_loopback_callbacks = true;
+    igl_channels::endpoint::start(config, listener, shutdown.child_token())
+        .await
+        .context("cannot start the channel endpoint")
+}
+
+fn node_settings(
+    jurisdiction: &str,
+    directory: &Path,
+    channel_url: &str,
+    peer: &str,
+    peer_url: &str,
+    peer_token: &str,
+    token_for_peer: &str,
+) -> Settings {
+    let mut settings = Settings::default();
+    settings.node.jurisdiction = jurisdiction.into();
+    settings.node.data_dir = directory.join(jurisdiction.to_lowercase());
+    settings.components = Component::all().to_vec();
+    settings.hub.allow_private_callbacks = true;
+    settings.queue.poll_interval_ms = 100;
+    settings.channels = vec![ChannelSettings {
+        id: "au-sg".into(),
+        name: Some("AU-SG shared database".into()),
+        url: channel_url.into(),
+        receivers: vec![peer.into()],
+        ..Default::default()
+    }];
+    settings.jurisdictions = BTreeMap::from([(
+        peer.to_owned(),
+        JurisdictionSettings {
+            document_api_url: peer_url.into(),
+            token: Some(SecretString::new(peer_token)),
+            legacy_document_api: false,
+        },
+    )]);
+    settings
+        .auth
+        .static_tokens
+        .push(igl_config::StaticTokenSettings {
+            token: SecretString::new(token_for_peer),
+            party: format!("{peer}-document-spider"),
+            jurisdiction: peer.into(),
+        });
+    settings
+}
+
+impl Network {
+    /// Starts the network with its state under `directory`.
+    pub async fn start(directory: &Path) -> anyhow::Result<Self> {
+        let shutdown = CancellationToken::new();
+        let medium = format!("sqlite://{}", directory.join("channel.db").display());
+        let au_code = Jurisdiction::parse("AU")?;
+        let sg_code = Jurisdiction::parse("SG")?;
+        let au_endpoint = endpoint(au_code, &medium, directory, &shutdown).await?;
+        let sg_endpoint = endpoint(sg_code, &medium, directory, &shutdown).await?;
+        let (au_listener, au_url) = bind()?;
+        let (sg_listener, sg_url) = bind()?;
+        let au_reads_sg = format!("igl-dev-au-reads-sg-{}", uuid::Uuid::new_v4().simple());
+        let sg_reads_au = format!("igl-dev-sg-reads-au-{}", uuid::Uuid::new_v4().simple());
+        let au_settings = node_settings(
+            "AU",
+            directory,
+            &au_endpoint.url(),
+            "SG",
+            &sg_url,
+            &au_reads_sg,
+            &sg_reads_au,
+        );
+        let sg_settings = node_settings(
+            "SG",
+            directory,
+            &sg_endpoint.url(),
+            "AU",
+            &au_url,
+            &sg_reads_au,
+            &au_reads_sg,
+        );
+        let au_token = igl_api::auth::generate_dev_token();
+        let sg_token = igl_api::auth::generate_dev_token();
+        let au = crate::start(
+            NodeOptions {
+                settings: au_settings,
+                dev_token: Some(au_token.clone()),
+                listener: Some(au_listener),
+            },
+            shutdown.child_token(),
+        )
+        .await
+        .context("cannot start the AU node")?;
+        let sg = crate::start(
+            NodeOptions {
+                settings: sg_settings,
+                dev_token: Some(sg_token.clone()),
+                listener: Some(sg_listener),
+            },
+            shutdown.child_token(),
+        )
+        .await
+        .context("cannot start the SG node")?;
+        Ok(Self {
+            au: NetworkNode {
+                node: au,
+                url: au_url,
+                token: au_token,
+            },
+            sg: NetworkNode {
+                node: sg,
+                url: sg_url,
+                token: sg_token,
+            },
+            endpoints: vec![au_endpoint, sg_endpoint],
+            shutdown,
+        })
+    }
+
+    /// Stops every node and endpoint.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.au.node.wait().await?;
+        self.sg.node.wait().await?;
+        for endpoint in self.endpoints {
+            endpoint
+                .stop()
+                .await
+                .context("channel endpoint stopped badly")?;
+        }
+        Ok(())
+    }
+}
