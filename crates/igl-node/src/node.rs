@@ -336,6 +336,15 @@ pub async fn start(
         }
     }
 
+    if settings.is_enabled(Component::Spreader) {
+        let storage = backends.storage.clone();
+        let stop = shutdown.child_token();
+        tasks.spawn(async move {
+            purge_expired_subscriptions(storage, stop).await;
+            ("subscription-purge", Ok(()))
+        });
+    }
+
     if let Some(listener) = listener {
         let ingest = MessageIngest::start(backends.storage.clone(), ingest_config(&settings));
         let mut auth = Authenticator::from_settings(&settings.auth, jurisdiction)
@@ -405,6 +414,25 @@ pub async fn start(
         tasks,
         workers,
     })
+}
+
+/// Deletes subscriptions whose lease ended, at start and then every ten minutes (expired
+/// subscriptions already receive nothing; this keeps the table small).
+async fn purge_expired_subscriptions(storage: Arc<dyn Storage>, shutdown: CancellationToken) {
+    loop {
+        match storage
+            .purge_expired(igl_domain::Timestamp::now_utc())
+            .await
+        {
+            Ok(0) => {}
+            Ok(purged) => info!(purged, "expired subscriptions purged"),
+            Err(error) => tracing::warn!(%error, "expired subscriptions not purged"),
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(600)) => {}
+        }
+    }
 }
 
 fn ingest_config(settings: &Settings) -> IngestConfig {

@@ -27,7 +27,12 @@ struct TestNetwork {
     _directory: TempDir,
 }
 
-async fn endpoint(jurisdiction: &str, medium: &str, directory: &TempDir) -> RunningEndpoint {
+async fn endpoint(
+    jurisdiction: &str,
+    medium: &str,
+    medium_schema: Option<String>,
+    directory: &TempDir,
+) -> RunningEndpoint {
     let jurisdiction = Jurisdiction::parse(jurisdiction).unwrap();
     let state: Arc<dyn Storage> = Arc::new(
         igl_store::SqliteStore::open(&directory.path().join(format!("endpoint-{jurisdiction}.db")))
@@ -38,6 +43,7 @@ async fn endpoint(jurisdiction: &str, medium: &str, directory: &TempDir) -> Runn
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut config = EndpointConfig::new(jurisdiction, medium, state, url);
     config.allow_loopback_callbacks = true;
+    config.medium_schema = medium_schema;
     igl_channels::endpoint::start(config, listener, CancellationToken::new())
         .await
         .unwrap()
@@ -67,15 +73,33 @@ fn source(url: &str, token: &str) -> JurisdictionSettings {
 }
 
 impl TestNetwork {
+    /// The embedded shape: SQLite everywhere.
     async fn start() -> Self {
+        Self::start_on(None).await
+    }
+
+    /// With `postgres`: both nodes and the channel medium on PostgreSQL (fresh schemas).
+    async fn start_on(postgres: Option<String>) -> Self {
         let directory = tempfile::tempdir().unwrap();
-        let medium = format!("sqlite://{}", directory.path().join("channel.db").display());
-        let au_endpoint = endpoint("AU", &medium, &directory).await;
-        let sg_endpoint = endpoint("SG", &medium, &directory).await;
+        let (medium, medium_schema) = match &postgres {
+            Some(url) => (url.clone(), Some(crate::support::fresh_schema())),
+            None => (
+                format!("sqlite://{}", directory.path().join("channel.db").display()),
+                None,
+            ),
+        };
+        let au_endpoint = endpoint("AU", &medium, medium_schema.clone(), &directory).await;
+        let sg_endpoint = endpoint("SG", &medium, medium_schema, &directory).await;
+        let database = |builder: crate::support::TestNodeBuilder| match &postgres {
+            Some(_) => builder.database(crate::support::Database::Postgres {
+                schema: crate::support::fresh_schema(),
+            }),
+            None => builder,
+        };
         let (au_listener, au_url) = bind();
         let (sg_listener, sg_url) = bind();
         let (au_channel, sg_channel) = (au_endpoint.url(), sg_endpoint.url());
-        let au = TestNode::builder()
+        let au = database(TestNode::builder())
             .jurisdiction("AU")
             .components(Component::all())
             .static_token(SG_READS_AU, "SG")
@@ -88,7 +112,7 @@ impl TestNetwork {
             })
             .start()
             .await;
-        let sg = TestNode::builder()
+        let sg = database(TestNode::builder())
             .jurisdiction("SG")
             .components(Component::all())
             .static_token(AU_READS_SG, "AU")
@@ -166,7 +190,17 @@ async fn received_at(node: &TestNode, sender: &str, subject: &str) -> Option<Val
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_certificate_travels_from_au_to_sg_and_back() {
-    let network = TestNetwork::start().await;
+    exchange(TestNetwork::start().await).await;
+}
+
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_certificate_travels_from_au_to_sg_and_back_on_postgres() {
+    let url = std::env::var("IGL_TEST_POSTGRES_URL").unwrap();
+    exchange(TestNetwork::start_on(Some(url)).await).await;
+}
+
+async fn exchange(network: TestNetwork) {
     let (au, sg) = (&network.au, &network.sg);
     let document = br#"{"certificate":"CoO-1","exporter":"AU exporter","goods":[{"hs":"0201"}]}"#;
     let multihash = send(au, "AU", "SG", "coo-1", document).await;
