@@ -519,9 +519,29 @@ async fn channel_api_matches_the_reference_wire() {
                "sender": missing, "subject": missing})
     );
 
-    // Unknown keys are rejected; non-strings too.
+    // Unknown keys are rejected; non-strings too. (`sender_ref` is our one extension:
+    // accepted, stored and returned, so the receiving node keeps the sender's reference.)
+    let mut with_ref = message_to("SG");
+    with_ref["sender_ref"] = json!("coo-77");
+    let response = http
+        .post(format!("{au_url}/messages"))
+        .json(&with_ref)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"].clone();
+    let stored: Value = http
+        .get(format!("{au_url}/messages/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stored["message"]["sender_ref"], "coo-77");
     let mut with_extra = message_to("SG");
-    with_extra["sender_ref"] = json!("abc");
+    with_extra["colour"] = json!("abc");
     let response = http
         .post(format!("{au_url}/messages"))
         .json(&with_extra)
@@ -531,7 +551,7 @@ async fn channel_api_matches_the_reference_wire() {
     assert_eq!(response.status(), 400);
     assert_eq!(
         response.json::<Value>().await.unwrap(),
-        json!({"sender_ref": ["Unknown field."]})
+        json!({"colour": ["Unknown field."]})
     );
     let mut not_a_string = message_to("SG");
     not_a_string["subject"] = json!(12);

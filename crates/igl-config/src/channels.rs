@@ -49,6 +49,11 @@ pub struct ChannelSettings {
     pub name: Option<String>,
     /// Base URL of the channel endpoint (`http:` or `https:`).
     pub url: String,
+    /// Send the sender's `sender_ref` with each posted message so the receiving node keeps
+    /// it (our shared-db endpoints accept it; the reference endpoints reject unknown fields,
+    /// so it is off by default).
+    #[serde(default)]
+    pub forward_sender_ref: bool,
     /// The receiving jurisdictions this channel serves (the reference's `Jurisdiction`):
     /// upper-case ISO 3166-1 alpha-2 codes. Empty (the default): not used for routing.
     #[serde(default)]

@@ -84,6 +84,7 @@ fn node_settings(
         name: Some("AU-SG shared database".into()),
         url: channel_url.into(),
         receivers: vec![peer.into()],
+        forward_sender_ref: true,
         ..Default::default()
     }];
     settings.jurisdictions = BTreeMap::from([(

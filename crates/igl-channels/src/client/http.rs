@@ -76,9 +76,18 @@ pub struct HttpChannelClient {
     http: reqwest::Client,
     request_timeout: Duration,
     breaker: CircuitBreaker,
+    forward_sender_ref: bool,
 }
 
 impl HttpChannelClient {
+    /// Also send the sender's reference (`sender_ref`) with posted messages. Only for
+    /// channels that accept it (our shared-db endpoint does; the reference endpoints reject
+    /// unknown fields).
+    pub fn with_sender_ref_forwarding(mut self, forward: bool) -> Self {
+        self.forward_sender_ref = forward;
+        self
+    }
+
     /// A client of the channel `channel_id` served at `base_url` (`http://host:8180/`;
     /// the API paths are appended to it), with its own connection pool.
     ///
@@ -132,6 +141,7 @@ impl HttpChannelClient {
             base,
             http,
             request_timeout: config.request_timeout,
+            forward_sender_ref: false,
         })
     }
 
@@ -318,25 +328,16 @@ impl ChannelClient for HttpChannelClient {
     }
 
     async fn post_message(&self, content: &MessageContent) -> Result<ChannelReceipt, ChannelError> {
-        let body = serde_json::json!({
-            "sender": content.sender.as_str(),
-            "receiver": content.receiver.as_str(),
-            "subject": content.subject,
-            "obj": content.obj,
-            "predicate": content.predicate,
-        });
-        let request = self.http.post(self.endpoint(&["messages"])).json(&body);
-        let (_, body) = self.call(request, Target::Collection).await?;
-        let object = self.json_object(&body)?;
-        let id = object
-            .get("id")
-            .and_then(id_text)
-            .ok_or_else(|| self.invalid("the body has no \"id\" (a string or an integer)"))?;
-        let status = match object.get("status") {
-            Some(Value::String(status)) => Some(RemoteStatus::parse(status)),
-            _ => None,
-        };
-        Ok(ChannelReceipt { id, status })
+        self.post(content, None).await
+    }
+
+    async fn post_message_with_ref(
+        &self,
+        content: &MessageContent,
+        sender_ref: &igl_domain::SenderRef,
+    ) -> Result<ChannelReceipt, ChannelError> {
+        self.post(content, self.forward_sender_ref.then_some(sender_ref))
+            .await
     }
 
     async fn message_status(&self, id: &str) -> Result<RemoteStatus, ChannelError> {
@@ -420,6 +421,38 @@ impl ChannelClient for HttpChannelClient {
         parse_page(value).ok_or_else(|| {
             self.invalid("the body is neither a list of messages nor an object with \"messages\"")
         })
+    }
+}
+
+impl HttpChannelClient {
+    /// `POST {base}/messages` with the five fields and, when given, `sender_ref`.
+    async fn post(
+        &self,
+        content: &MessageContent,
+        sender_ref: Option<&igl_domain::SenderRef>,
+    ) -> Result<ChannelReceipt, ChannelError> {
+        let mut body = serde_json::json!({
+            "sender": content.sender.as_str(),
+            "receiver": content.receiver.as_str(),
+            "subject": content.subject,
+            "obj": content.obj,
+            "predicate": content.predicate,
+        });
+        if let Some(sender_ref) = sender_ref {
+            body["sender_ref"] = serde_json::Value::from(sender_ref.as_str());
+        }
+        let request = self.http.post(self.endpoint(&["messages"])).json(&body);
+        let (_, body) = self.call(request, Target::Collection).await?;
+        let object = self.json_object(&body)?;
+        let id = object
+            .get("id")
+            .and_then(id_text)
+            .ok_or_else(|| self.invalid("the body has no \"id\" (a string or an integer)"))?;
+        let status = match object.get("status") {
+            Some(Value::String(status)) => Some(RemoteStatus::parse(status)),
+            _ => None,
+        };
+        Ok(ChannelReceipt { id, status })
     }
 }
 

@@ -83,7 +83,8 @@ pub fn build_channels(
     let mut clients: Vec<Arc<dyn ChannelClient>> = Vec::with_capacity(channels.len());
     for (index, channel) in channels.iter().enumerate() {
         let client = HttpChannelClient::new(channel.id.clone(), &channel.url, config)
-            .map_err(|source| ChannelSetupError::Client { index, source })?;
+            .map_err(|source| ChannelSetupError::Client { index, source })?
+            .with_sender_ref_forwarding(channel.forward_sender_ref);
         clients.push(Arc::new(client));
     }
     Channels::new(routing, clients).map_err(|missing| ChannelSetupError::Invalid {

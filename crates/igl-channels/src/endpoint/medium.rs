@@ -10,7 +10,8 @@ use tokio::sync::{mpsc, oneshot};
 use super::db::{Db, in_write_transaction, on_reader};
 use super::wake::MediumSignal;
 
-/// The five fields of a channel message, as posted.
+/// The five fields of a channel message, as posted, and the sender's reference when the
+/// posting node forwarded it (an extension; omitted from JSON when absent).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub(crate) struct WireMessage {
     pub(crate) sender: String,
@@ -18,6 +19,8 @@ pub(crate) struct WireMessage {
     pub(crate) subject: String,
     pub(crate) obj: String,
     pub(crate) predicate: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) sender_ref: Option<String>,
 }
 
 /// A message on the medium.
@@ -38,6 +41,7 @@ struct MessageRow {
     subject: String,
     obj: String,
     predicate: String,
+    sender_ref: Option<String>,
     status: String,
     created_at: i64,
     updated_at: i64,
@@ -53,6 +57,7 @@ impl From<MessageRow> for StoredMessage {
                 subject: row.subject,
                 obj: row.obj,
                 predicate: row.predicate,
+                sender_ref: row.sender_ref,
             },
             status: row.status,
             created_at: row.created_at,
@@ -62,7 +67,7 @@ impl From<MessageRow> for StoredMessage {
 }
 
 const MESSAGE_COLUMNS: &str =
-    "id, sender, receiver, subject, obj, predicate, status, created_at, updated_at";
+    "id, sender, receiver, subject, obj, predicate, sender_ref, status, created_at, updated_at";
 
 /// A status change recorded on the medium.
 #[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
@@ -120,8 +125,9 @@ impl Medium {
             .db
             .sql(
                 "INSERT INTO channel_messages \
-                 (sender, receiver, subject, obj, predicate, status, created_at, updated_at) \
-                 SELECT $1, $2, $3, $4, $5, 'confirmed', t.now, t.now \
+                 (sender, receiver, subject, obj, predicate, sender_ref, status, created_at, \
+                 updated_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, 'confirmed', t.now, t.now \
                  FROM (SELECT {now} AS now) t RETURNING id",
             )
             .0
@@ -135,6 +141,7 @@ impl Medium {
                     .bind(&message.subject)
                     .bind(&message.obj)
                     .bind(&message.predicate)
+                    .bind(&message.sender_ref)
                     .fetch_one(&mut *tx)
                     .await?;
                 ids.push(id);
@@ -246,8 +253,8 @@ impl Medium {
         let select = format!("SELECT {MESSAGE_COLUMNS} FROM channel_messages WHERE id = $1");
         let update = self.db.sql(
             "UPDATE channel_messages SET status = $1, updated_at = {now} WHERE id = $2 \
-             RETURNING id, sender, receiver, subject, obj, predicate, status, created_at, \
-             updated_at",
+             RETURNING id, sender, receiver, subject, obj, predicate, sender_ref, status, \
+             created_at, updated_at",
         );
         let record = self.db.sql(
             "INSERT INTO channel_status_changes (message_id, status, changed_at) \

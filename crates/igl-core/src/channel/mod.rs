@@ -51,6 +51,19 @@ pub trait ChannelClient: Send + Sync + fmt::Debug {
     /// still slips through.
     async fn post_message(&self, content: &MessageContent) -> Result<ChannelReceipt, ChannelError>;
 
+    /// Posts a message together with the sender's reference, for channels configured to
+    /// carry it (our own endpoints accept an extra `sender_ref` field, so the receiving
+    /// node keeps the sender's reference). Channels that do not carry it ignore
+    /// `sender_ref` and post the five reference fields, as [`ChannelClient::post_message`].
+    async fn post_message_with_ref(
+        &self,
+        content: &MessageContent,
+        sender_ref: &igl_domain::SenderRef,
+    ) -> Result<ChannelReceipt, ChannelError> {
+        let _ = sender_ref;
+        self.post_message(content).await
+    }
+
     /// The status of a message this node posted (`GET {base}/messages/{id}`).
     /// [`ChannelError::NotFound`] when the channel does not know the id.
     async fn message_status(&self, id: &str) -> Result<RemoteStatus, ChannelError>;

@@ -60,6 +60,7 @@ fn channel(id: &str, url: &str, receiver: &str) -> ChannelSettings {
         id: id.into(),
         url: url.into(),
         receivers: vec![receiver.into()],
+        forward_sender_ref: true,
         ..Default::default()
     }
 }
@@ -210,6 +211,10 @@ async fn exchange(network: TestNetwork) {
     })
     .await;
     assert_eq!(at_sg["status"], "received");
+    assert_eq!(
+        at_sg["sender_ref"], "coo-1",
+        "the sender's reference crossed the channel"
+    );
     assert_eq!(at_sg["receiver"], "SG");
     assert_eq!(at_sg["obj"], multihash);
 

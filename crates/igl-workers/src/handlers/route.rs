@@ -142,7 +142,10 @@ impl RouteMessage {
                     "routing rule names channel {channel}, which has no client"
                 )));
             };
-            match client.post_message(&message.content).await {
+            match client
+                .post_message_with_ref(&message.content, &message.sender_ref)
+                .await
+            {
                 Ok(receipt) => {
                     counter!(CHANNEL_POSTS_TOTAL, "channel" => channel.to_owned(), "outcome" => "posted")
                         .increment(1);

@@ -66,7 +66,19 @@ fn validate_message(shared: &Shared, value: Value) -> Result<WireMessage, FieldE
         return Err(errors);
     };
     let mut fields: BTreeMap<&'static str, String> = BTreeMap::new();
+    let mut sender_ref = None;
     for (key, value) in object {
+        // Extension: a node may forward its sender_ref so the receiver keeps it.
+        if key == "sender_ref" {
+            match value {
+                Value::String(text) => match igl_domain::SenderRef::parse(text.clone()) {
+                    Ok(_) => sender_ref = Some(text),
+                    Err(rule) => errors.add("sender_ref", rule.to_string()),
+                },
+                _ => errors.add("sender_ref", "Not a valid string."),
+            }
+            continue;
+        }
         match MESSAGE_FIELDS.iter().find(|field| **field == key) {
             None => errors.add(&key, "Unknown field."),
             Some(field) => match value {
@@ -92,6 +104,7 @@ fn validate_message(shared: &Shared, value: Value) -> Result<WireMessage, FieldE
         subject: take(&mut fields, "subject").unwrap_or_default(),
         obj: take(&mut fields, "obj").unwrap_or_default(),
         predicate: take(&mut fields, "predicate").unwrap_or_default(),
+        sender_ref,
     };
     let parsed = NewMessage::parse(MessageFields {
         sender: Some(message.sender.clone()),
