@@ -61,6 +61,8 @@ pub enum BenchCommand {
     Ingest(crate::bench::IngestBenchArgs),
     /// AU POST → SG stored through two in-process nodes and a shared-db channel.
     E2e(crate::bench::E2eBenchArgs),
+    /// Signed WebSub deliveries per second to many local subscribers.
+    Fanout(crate::bench::FanoutBenchArgs),
 }
 
 /// The subcommands of `igl config`.

@@ -130,6 +130,7 @@ pub fn execute(cli: Cli, env: ProcessEnv) -> Result<(), CommandError> {
                     BenchCommand::Queue(args) => bench::run_queue_bench(args).await,
                     BenchCommand::Ingest(args) => bench::run_ingest_bench(args).await,
                     BenchCommand::E2e(args) => bench::run_e2e_bench(args).await,
+                    BenchCommand::Fanout(args) => bench::run_fanout_bench(args).await,
                 }
             })
             .map_err(|error| CommandError::runtime(error, log_format))

@@ -51,6 +51,9 @@ pub struct Deliver {
     storage: Arc<dyn Storage>,
     client: reqwest::Client,
     config: HubConfig,
+    /// When each subscription's last success was recorded: successes are written at most
+    /// once a second per subscription (a write per delivery would cost a commit each).
+    recorded_success: Arc<std::sync::Mutex<std::collections::HashMap<i64, std::time::Instant>>>,
 }
 
 impl Deliver {
@@ -60,10 +63,28 @@ impl Deliver {
             storage,
             client,
             config,
+            recorded_success: Arc::default(),
         }
     }
 
     async fn record(&self, subscription_id: i64, outcome: DeliveryOutcome) {
+        {
+            let now = std::time::Instant::now();
+            let mut recorded = self
+                .recorded_success
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            if outcome == DeliveryOutcome::Delivered {
+                match recorded.get(&subscription_id) {
+                    Some(at) if now.duration_since(*at) < Duration::from_secs(1) => return,
+                    _ => {
+                        recorded.insert(subscription_id, now);
+                    }
+                }
+            } else {
+                recorded.remove(&subscription_id);
+            }
+        }
         if let Err(error) = self
             .storage
             .record_delivery(subscription_id, &outcome)
