@@ -93,6 +93,87 @@ macro_rules! sql_unit_of_work {
     };
 }
 
+/// Implements the read-only ports `EventLog` and `ObjectAcl` for a backend, with shared SQL
+/// written with `?N` placeholders and adapted by `$convert` (see `sql_subscription_store!`).
+macro_rules! sql_read_ports {
+    ($store:ty, $reader:ident, $convert:expr) => {
+        #[async_trait::async_trait]
+        impl igl_core::EventLog for $store {
+            async fn read_events(
+                &self,
+                after: i64,
+                limit: u32,
+            ) -> Result<Vec<igl_core::Event>, igl_core::StoreError> {
+                let sql = $convert(
+                    "SELECT seq, id, kind, topic, payload, created_at FROM events \
+                     WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+                        .to_owned(),
+                );
+                let rows: Vec<super::rows::EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(after)
+                    .bind(i64::from(limit.clamp(1, 10_000)))
+                    .fetch_all(&self.$reader)
+                    .await
+                    .map_err(super::store_error)?;
+                rows.into_iter()
+                    .map(super::rows::EventRow::into_event)
+                    .collect()
+            }
+
+            async fn get_event(
+                &self,
+                id: &str,
+            ) -> Result<Option<igl_core::Event>, igl_core::StoreError> {
+                let sql = $convert(
+                    "SELECT seq, id, kind, topic, payload, created_at FROM events WHERE id = ?1"
+                        .to_owned(),
+                );
+                let row: Option<super::rows::EventRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                    .bind(id)
+                    .fetch_optional(&self.$reader)
+                    .await
+                    .map_err(super::store_error)?;
+                row.map(super::rows::EventRow::into_event).transpose()
+            }
+        }
+
+        #[async_trait::async_trait]
+        impl igl_core::ObjectAcl for $store {
+            async fn may_read(
+                &self,
+                object: &igl_domain::Multihash,
+                reader: igl_domain::Jurisdiction,
+            ) -> Result<bool, igl_core::StoreError> {
+                let sql = $convert(
+                    "SELECT EXISTS (SELECT 1 FROM object_acl WHERE object = ?1 AND reader = ?2)"
+                        .to_owned(),
+                );
+                sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(object.to_string())
+                    .bind(reader.as_str())
+                    .fetch_one(&self.$reader)
+                    .await
+                    .map_err(super::store_error)
+            }
+
+            async fn readers(
+                &self,
+                object: &igl_domain::Multihash,
+            ) -> Result<Vec<igl_domain::Jurisdiction>, igl_core::StoreError> {
+                let sql = $convert(
+                    "SELECT reader FROM object_acl WHERE object = ?1 ORDER BY reader".to_owned(),
+                );
+                let readers: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(sql))
+                    .bind(object.to_string())
+                    .fetch_all(&self.$reader)
+                    .await
+                    .map_err(super::store_error)?;
+                super::rows::parse_readers(readers)
+            }
+        }
+    };
+}
+
 /// Implements `SubscriptionStore` for a backend. The SQL is shared and written with `?N`
 /// placeholders; `$convert` adapts it to the backend (identity for SQLite, `?N` → `$N` for
 /// PostgreSQL). `$keys_in` is the backend's "topic_key is in the JSON array ?1" condition.

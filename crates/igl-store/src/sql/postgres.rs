@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use igl_core::{
-    ClaimedJob, Cursor, DeadLetter, Event, EventLog, InsertOutcome, JobQueue, JobReceipt,
-    MessageFilter, MessagePage, MessageStore, NewEvent, NewJob, ObjectAcl, QueueDepth, QueueName,
-    Storage, StoreError, UnitOfWork, Updated,
+    ClaimedJob, Cursor, DeadLetter, InsertOutcome, JobQueue, JobReceipt, MessageFilter,
+    MessagePage, MessageStore, NewEvent, NewJob, QueueDepth, QueueName, Storage, StoreError,
+    UnitOfWork, Updated,
 };
 use igl_domain::{
     Jurisdiction, Message, MessageRef, MessageStatus, MessageUpdate, Multihash, NewMessage,
@@ -22,7 +22,7 @@ use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection, Postgres, Transaction};
 use tokio::task::JoinHandle;
 
-use super::rows::{DeadJobRow, EventRow, JobRow, MESSAGE_COLUMNS, MessageRow, parse_readers};
+use super::rows::{DeadJobRow, JobRow, MESSAGE_COLUMNS, MessageRow};
 use super::wake::{RemotePublisher, Wakeups};
 use super::{
     duration_micros, from_micros, jobs_json, message_key, messages_json, migrate_error,
@@ -612,56 +612,7 @@ impl JobQueue for PostgresStore {
     }
 }
 
-#[async_trait]
-impl EventLog for PostgresStore {
-    async fn read_events(&self, after: i64, limit: u32) -> Result<Vec<Event>, StoreError> {
-        let rows: Vec<EventRow> = sqlx::query_as(
-            "SELECT seq, id, kind, topic, payload, created_at FROM events WHERE seq > $1 \
-             ORDER BY seq LIMIT $2",
-        )
-        .bind(after)
-        .bind(i64::from(limit.clamp(1, 10_000)))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(store_error)?;
-        rows.into_iter().map(EventRow::into_event).collect()
-    }
-
-    async fn get_event(&self, id: &str) -> Result<Option<Event>, StoreError> {
-        let row: Option<EventRow> = sqlx::query_as(
-            "SELECT seq, id, kind, topic, payload, created_at FROM events WHERE id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(store_error)?;
-        row.map(EventRow::into_event).transpose()
-    }
-}
-
-#[async_trait]
-impl ObjectAcl for PostgresStore {
-    async fn may_read(&self, object: &Multihash, reader: Jurisdiction) -> Result<bool, StoreError> {
-        sqlx::query_scalar(
-            "SELECT EXISTS (SELECT 1 FROM object_acl WHERE object = $1 AND reader = $2)",
-        )
-        .bind(object.to_string())
-        .bind(reader.as_str())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(store_error)
-    }
-
-    async fn readers(&self, object: &Multihash) -> Result<Vec<Jurisdiction>, StoreError> {
-        let readers: Vec<String> =
-            sqlx::query_scalar("SELECT reader FROM object_acl WHERE object = $1 ORDER BY reader")
-                .bind(object.to_string())
-                .fetch_all(&self.pool)
-                .await
-                .map_err(store_error)?;
-        parse_readers(readers)
-    }
-}
+sql_read_ports!(PostgresStore, pool, super::postgres_placeholders);
 
 #[async_trait]
 impl Storage for PostgresStore {
