@@ -73,8 +73,10 @@ impl DrainReport {
 /// - while the batch runs, the leases of its unfinished jobs are extended every third of
 ///   `config.lease`.
 ///
-/// When the queue is empty the worker waits on [`JobQueue::wait_for_jobs`] for up to
-/// `config.idle_poll`, or until `shutdown`.
+/// When a claim comes back short of a full batch (the queue had no more due jobs), the
+/// worker waits on [`JobQueue::wait_for_jobs`] for up to `config.idle_poll`, or until
+/// `shutdown`, before claiming again: a wake-up from an enqueue during the batch ends the
+/// wait at once, and an idle queue costs no empty claims.
 ///
 /// Cancellation is observed only between batches and while idle: a batch in progress is
 /// finished and acked first (graceful shutdown). To bound the wait, the caller can drop the
@@ -206,7 +208,18 @@ impl Runtime {
             "worker started"
         );
         let mut failed_claims: u32 = 0;
+        // Whether to claim again at once. After a claim that came back short of a full
+        // batch the queue had nothing more, so the next claim waits for a wake-up (an
+        // enqueue during the batch leaves one behind) or `idle_poll` (scheduled retries).
+        let mut claim_now = true;
         while !shutdown.is_cancelled() {
+            if !claim_now {
+                tokio::select! {
+                    biased;
+                    () = shutdown.cancelled() => break,
+                    () = self.queue.wait_for_jobs(&self.config.queue, self.config.idle_poll) => {}
+                }
+            }
             let jobs = match self.claim().await {
                 Ok(jobs) => {
                     failed_claims = 0;
@@ -216,21 +229,17 @@ impl Runtime {
                     self.storage_error("claim", &store_error);
                     failed_claims = failed_claims.saturating_add(1);
                     let delay = STORAGE_BACKOFF.backoff(failed_claims, &mut rand::rng());
+                    claim_now = true;
                     tokio::select! {
                         () = shutdown.cancelled() => break,
                         () = tokio::time::sleep(delay) => continue,
                     }
                 }
             };
-            if jobs.is_empty() {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => break,
-                    () = self.queue.wait_for_jobs(&self.config.queue, self.config.idle_poll) => {}
-                }
-                continue;
+            claim_now = jobs.len() >= self.config.claim_batch;
+            if !jobs.is_empty() {
+                self.process_batch(jobs, ACK_ATTEMPTS).await;
             }
-            self.process_batch(jobs, ACK_ATTEMPTS).await;
         }
         info!("worker stopped");
     }

@@ -42,6 +42,7 @@ use igl_core::{ClaimedJob, Storage};
 use igl_domain::{ChannelStatus, Message, MessageRef, MessageStatus, MessageUpdate};
 use metrics::counter;
 
+use super::batch::{BatchSteps, Prepared, prepare_then_write};
 use super::route::{job_reference, rejecting};
 use crate::handler::error_chain;
 use crate::{Handled, JobError, JobHandler, RetryPolicy};
@@ -108,29 +109,6 @@ impl PollChannel {
         self.poll_backoff.backoff(attempt, &mut rand::rng())
     }
 
-    async fn confirm(
-        &self,
-        job: &ClaimedJob,
-        reference: &MessageRef,
-        channel: &str,
-    ) -> Result<Handled, JobError> {
-        let mut unit = self.storage.begin().await?;
-        let update = MessageUpdate {
-            status: Some(MessageStatus::Accepted),
-            channel_status: Some(ChannelStatus::Confirmed),
-            ..MessageUpdate::default()
-        };
-        let updated = unit.update_message(reference, &update).await?;
-        if updated.status_changed() {
-            unit.append_event(&status_event(&updated.after, MessageStatus::Accepted))
-                .await?;
-        }
-        unit.ack(&[job.receipt()]).await?;
-        unit.commit().await?;
-        tracing::info!(%reference, channel, "channel confirmed the message: accepted");
-        Ok(Handled::AckedInTransaction)
-    }
-
     async fn undeliverable(
         &self,
         job: &ClaimedJob,
@@ -192,6 +170,61 @@ impl JobHandler for PollChannel {
     }
 
     async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError> {
+        prepare_then_write(self, std::slice::from_ref(job))
+            .await
+            .pop()
+            .unwrap_or_else(|| unreachable!("one result per job"))
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    /// Polls the batch's messages concurrently, then records every confirmation in one
+    /// unit of work (the rarer outcomes write on their own).
+    async fn handle_batch(&self, jobs: &[ClaimedJob]) -> Vec<Result<Handled, JobError>> {
+        prepare_then_write(self, jobs).await
+    }
+}
+
+/// A message its channel confirmed, to record as accepted.
+#[derive(Debug)]
+pub(crate) struct Confirmed {
+    reference: MessageRef,
+    channel: String,
+}
+
+impl BatchSteps for PollChannel {
+    type Write = Confirmed;
+
+    async fn write(&self, work: &[(&ClaimedJob, Confirmed)]) -> Result<(), JobError> {
+        let mut unit = self.storage.begin().await?;
+        let update = MessageUpdate {
+            status: Some(MessageStatus::Accepted),
+            channel_status: Some(ChannelStatus::Confirmed),
+            ..MessageUpdate::default()
+        };
+        for (_, confirmed) in work {
+            let updated = unit.update_message(&confirmed.reference, &update).await?;
+            if updated.status_changed() {
+                unit.append_event(&status_event(&updated.after, MessageStatus::Accepted))
+                    .await?;
+            }
+        }
+        let receipts: Vec<_> = work.iter().map(|(job, _)| job.receipt()).collect();
+        unit.ack(&receipts).await?;
+        unit.commit().await?;
+        for (_, confirmed) in work {
+            tracing::info!(
+                reference = %confirmed.reference,
+                channel = %confirmed.channel,
+                "channel confirmed the message: accepted"
+            );
+        }
+        Ok(())
+    }
+
+    async fn prepare(&self, job: &ClaimedJob) -> Result<Prepared<Confirmed>, JobError> {
         let reference = job_reference(job, false)?;
         let message =
             self.storage.get_message(&reference).await?.ok_or_else(|| {
@@ -200,7 +233,7 @@ impl JobHandler for PollChannel {
         let (Some(channel), Some(channel_txn_id)) = (&message.channel_id, &message.channel_txn_id)
         else {
             tracing::debug!(%reference, "not posted to a channel; nothing to poll");
-            return Ok(Handled::Done);
+            return Ok(Prepared::Finished(Handled::Done));
         };
         // `received`: waiting for the channel. `confirmed`: done, unless a revocation is
         // suspected (a poll job for a confirmed message comes from outside the normal
@@ -219,7 +252,7 @@ impl JobHandler for PollChannel {
                 channel_status = ?message.channel_status,
                 "no channel status to wait for"
             );
-            return Ok(Handled::Done);
+            return Ok(Prepared::Finished(Handled::Done));
         }
         let client = self.channels.client(channel).ok_or_else(|| {
             JobError::permanent(format!(
@@ -250,15 +283,22 @@ impl JobHandler for PollChannel {
         match remote.posting_status() {
             Some(ChannelStatus::Confirmed) => {
                 polled("confirmed");
-                self.confirm(job, &reference, channel).await
+                Ok(Prepared::Write(Confirmed {
+                    reference,
+                    channel: channel.clone(),
+                }))
             }
             Some(ChannelStatus::Undeliverable) => {
                 polled("undeliverable");
-                self.undeliverable(job, &message, channel).await
+                self.undeliverable(job, &message, channel)
+                    .await
+                    .map(Prepared::Finished)
             }
             Some(ChannelStatus::Revoked) => {
                 polled("revoked");
-                self.revoked(job, &reference, channel).await
+                self.revoked(job, &reference, channel)
+                    .await
+                    .map(Prepared::Finished)
             }
             Some(ChannelStatus::Received) | None => {
                 polled(if matches!(remote, RemoteStatus::Other(_)) {
@@ -268,7 +308,7 @@ impl JobHandler for PollChannel {
                 });
                 if message.channel_status == Some(ChannelStatus::Confirmed) {
                     tracing::warn!(%reference, channel, remote = %remote, "channel no longer reports a confirmed message as confirmed; ignored");
-                    return Ok(Handled::Done);
+                    return Ok(Prepared::Finished(Handled::Done));
                 }
                 let not_yet = NotFinalYet {
                     channel: channel.clone(),

@@ -104,7 +104,10 @@ impl ProcessMessage {
                 unit.append_event(&event).await?;
             }
         }
-        let next: Vec<NewJob> = work.iter().filter_map(|(_, plan)| plan.next.clone()).collect();
+        let next: Vec<NewJob> = work
+            .iter()
+            .filter_map(|(_, plan)| plan.next.clone())
+            .collect();
         unit.enqueue(&next).await?;
         let receipts: Vec<_> = work.iter().map(|(job, _)| job.receipt()).collect();
         unit.ack(&receipts).await?;
