@@ -29,6 +29,7 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/healthz", get(healthz))
         .route(
             "/messages",
             post(messages::post_message).get(messages::list_messages),
@@ -42,6 +43,11 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route("/messages/subscriptions/by_id", post(subscriptions::by_id))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
+}
+
+/// `GET /healthz` (an extension): 200 `{"status":"ok"}` while the process serves.
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
 async fn index() -> Response {
