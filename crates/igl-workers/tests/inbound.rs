@@ -13,6 +13,9 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use igl_channels::client::{
+    ChannelClient, Channels, HttpChannelClient, HttpClientConfig, routing::RoutingTable,
+};
 use igl_core::pipeline::{
     CHANNEL_MESSAGE_QUEUE, OBJECT_RETRIEVAL_QUEUE, PROCESS_QUEUE, PipelineJob,
 };
@@ -23,9 +26,7 @@ use igl_core::{
 use igl_domain::{Jurisdiction, MessageRef, MessageStatus, Multihash};
 use igl_store::SqliteStore;
 use igl_store::objects::ObjectLake;
-use igl_workers::handlers::{
-    DocumentSource, FetchObject, HttpChannelApi, RetrieveChannelMessage, SpiderConfig,
-};
+use igl_workers::handlers::{DocumentSource, FetchObject, RetrieveChannelMessage, SpiderConfig};
 use igl_workers::{
     ChannelSubscriptions, DrainReport, JobHandler, RetryPolicy, SubscriberConfig, WorkerConfig,
     drain,
@@ -256,11 +257,24 @@ fn message_json(sender: &str, receiver: &str) -> Value {
     })
 }
 
+/// The channels `(id, base URL)`, each with the real HTTP client (2 s per call).
+fn channels<'a>(endpoints: impl IntoIterator<Item = (&'a str, String)>) -> Arc<Channels> {
+    let config = HttpClientConfig {
+        request_timeout: Duration::from_secs(2),
+        ..HttpClientConfig::default()
+    };
+    let clients = endpoints.into_iter().map(|(id, base)| {
+        let client: Arc<dyn ChannelClient> =
+            Arc::new(HttpChannelClient::new(id, &base, config).unwrap());
+        client
+    });
+    Arc::new(Channels::new(RoutingTable::default(), clients).unwrap())
+}
+
 async fn retriever(node: &Node, channel: &FakeChannel) -> Arc<dyn JobHandler> {
     let base = channel.start().await;
-    let api = HttpChannelApi::new([(CHANNEL.to_owned(), base)]).unwrap();
     Arc::new(
-        RetrieveChannelMessage::new(node.storage(), Arc::new(api), sg())
+        RetrieveChannelMessage::new(node.storage(), channels([(CHANNEL, base)]), sg())
             .with_unconfirmed_backoff(Duration::from_millis(20), Duration::from_millis(20)),
     )
 }
@@ -793,15 +807,11 @@ async fn the_subscriber_subscribes_renews_and_survives_a_channel_that_is_down() 
     let closed_url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
 
-    let api = HttpChannelApi::with_timeout(
-        [
-            ("healthy".to_owned(), healthy_url),
-            ("flaky".to_owned(), flaky_url),
-            ("closed".to_owned(), closed_url),
-        ],
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let api = channels([
+        ("healthy", healthy_url),
+        ("flaky", flaky_url),
+        ("closed", closed_url),
+    ]);
     let mut config = SubscriberConfig::new(
         sg(),
         "http://sg.example:8080/",
@@ -814,7 +824,7 @@ async fn the_subscriber_subscribes_renews_and_survives_a_channel_that_is_down() 
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(40),
     };
-    let subscriptions = ChannelSubscriptions::new(Arc::new(api), node.queue(), config);
+    let subscriptions = ChannelSubscriptions::new(api, node.queue(), config);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(subscriptions.run(shutdown.clone()));
 
