@@ -1306,3 +1306,77 @@ async fn repeated_posts_return_the_stored_message_on_postgres() {
     let url = std::env::var("IGL_TEST_POSTGRES_URL").expect("IGL_TEST_POSTGRES_URL");
     repeated_posts_return_the_stored_message(Backend::postgres(&url)).await;
 }
+
+#[tokio::test]
+async fn errors_use_the_reference_bodies() {
+    let pair = Pair::start(Backend::sqlite()).await;
+    let http = &pair.http;
+    let au_url = pair.au.url();
+
+    // Werkzeug's JSON for paths and methods the API does not serve.
+    let (status, body) = get_json(http, &format!("{au_url}/no/such/path")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], json!(404));
+    assert_eq!(body["name"], json!("Not Found"));
+    assert!(body["description"].is_string(), "{body}");
+    let response = http
+        .delete(format!("{au_url}/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["code"].clone(), body["name"].clone()),
+        (json!(405), json!("Method Not Allowed"))
+    );
+
+    // A status PUT without a status: marshmallow's body.
+    let id = post_message(http, &au_url, &message_to("SG")).await;
+    let response = http
+        .put(format!("{au_url}/messages/{id}/status"))
+        .form(&[("other", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"status": ["Missing data for required field."]})
+    );
+    let (_, health) = get_json(http, &format!("{au_url}/healthz")).await;
+    assert_eq!(health, json!({"status": "ok"}));
+
+    // An unexpected failure (here the medium's table is gone): the reference's 500 body,
+    // without internals.
+    let medium = sqlx::SqlitePool::connect(&pair.backend.medium_url)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE channel_messages RENAME TO channel_messages_moved")
+        .execute(&medium)
+        .await
+        .unwrap();
+    let unexpected = json!({"success": false, "error": {
+        "type": "UnexpectedException",
+        "message": "An unexpected error has occurred.",
+        "details": null,
+    }});
+    let response = http
+        .post(format!("{au_url}/messages"))
+        .json(&message_to("SG"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.json::<Value>().await.unwrap(), unexpected);
+    let (status, body) = get_json(http, &format!("{au_url}/messages/{id}")).await;
+    assert_eq!((status, body), (500, unexpected));
+    sqlx::query("ALTER TABLE channel_messages_moved RENAME TO channel_messages")
+        .execute(&medium)
+        .await
+        .unwrap();
+    medium.close().await;
+    let (status, _) = get_json(http, &format!("{au_url}/messages/{id}")).await;
+    assert_eq!(status, 200, "back once the table is back");
+    pair.stop().await;
+}
