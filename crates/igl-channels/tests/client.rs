@@ -1009,9 +1009,8 @@ async fn lossy_proxy(upstream: String, lose_answers: usize) -> (SocketAddr, Arc<
     (addr, state)
 }
 
-#[tokio::test]
-async fn a_post_whose_answer_was_lost_is_not_stored_twice_on_the_channel() {
-    let directory = tempfile::tempdir().unwrap();
+/// Our shared-db endpoint for AU on a SQLite medium in `directory`.
+async fn real_endpoint(directory: &TempDir) -> (igl_channels::endpoint::RunningEndpoint, String) {
     let medium = format!("sqlite://{}", directory.path().join("channel.db").display());
     let state: Arc<dyn Storage> = Arc::new(
         SqliteStore::open(&directory.path().join("endpoint.db"))
@@ -1030,6 +1029,24 @@ async fn a_post_whose_answer_was_lost_is_not_stored_twice_on_the_channel() {
         igl_channels::endpoint::start(config, listener, tokio_util::sync::CancellationToken::new())
             .await
             .unwrap();
+    (endpoint, endpoint_url)
+}
+
+/// The messages AU posted, as the endpoint lists them.
+async fn listed_from_au(endpoint_url: &str) -> Vec<Value> {
+    let listing: Value = reqwest::get(format!("{endpoint_url}/messages?sender=AU"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listing["messages"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_post_whose_answer_was_lost_is_not_stored_twice_on_the_channel() {
+    let directory = tempfile::tempdir().unwrap();
+    let (endpoint, endpoint_url) = real_endpoint(&directory).await;
     let (proxy, seen) = lossy_proxy(endpoint_url.clone(), 1).await;
     let node = Node::new(proxy).await;
     let reference = node.submit("lost-answer-1", "SG").await;
@@ -1053,14 +1070,8 @@ async fn a_post_whose_answer_was_lost_is_not_stored_twice_on_the_channel() {
         vec![Some("AU:lost-answer-1".to_owned()); 2],
         "two posts, one key"
     );
-    let listing: Value = reqwest::get(format!("{endpoint_url}/messages?sender=AU"))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let stored = listing["messages"].as_array().unwrap();
-    assert_eq!(stored.len(), 1, "{listing}");
+    let stored = listed_from_au(&endpoint_url).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
     let message = node.message(&reference).await;
     assert_eq!(
         message.channel_txn_id.as_deref(),
@@ -1078,6 +1089,67 @@ async fn a_post_whose_answer_was_lost_is_not_stored_twice_on_the_channel() {
     assert_eq!(
         node.message(&reference).await.status,
         MessageStatus::Accepted
+    );
+    endpoint.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_revoked_on_our_endpoint_is_posted_again_under_a_new_id() {
+    let directory = tempfile::tempdir().unwrap();
+    let (endpoint, endpoint_url) = real_endpoint(&directory).await;
+    let node = Node::new(endpoint.local_addr()).await;
+    let reference = node.submit("revoked-1", "SG").await;
+    node.route().await;
+    let deadline = Instant::now() + DEADLINE;
+    while node.message(&reference).await.status != MessageStatus::Accepted {
+        assert!(Instant::now() < deadline, "never accepted");
+        node.poll().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = node.message(&reference).await.channel_txn_id.unwrap();
+
+    // The channel withdraws it; a poll of the message (a replayed job) notices.
+    let revoked = reqwest::Client::new()
+        .put(format!("{endpoint_url}/messages/{first}/status"))
+        .form(&[("status", "revoked")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    node.enqueue(PipelineJob::channel_poll(&reference)).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let message = node.message(&reference).await;
+        if message.channel_txn_id.as_deref() != Some(first.as_str())
+            && message.channel_status == Some(ChannelStatus::Confirmed)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never re-posted: {message:?}");
+        node.poll().await;
+        node.route().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Re-posted with the same idempotency key, yet stored anew: the revoked message does
+    // not hold the key any more.
+    let message = node.message(&reference).await;
+    assert_eq!(message.status, MessageStatus::Accepted);
+    let listed = listed_from_au(&endpoint_url).await;
+    let statuses: Vec<(String, String)> = listed
+        .iter()
+        .map(|m| {
+            (
+                m["id"].to_string(),
+                m["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (first, "revoked".to_owned()),
+            (message.channel_txn_id.unwrap(), "confirmed".to_owned())
+        ]
     );
     endpoint.stop().await.unwrap();
 }

@@ -1279,6 +1279,27 @@ async fn repeated_posts_return_the_stored_message(backend: Backend) {
     post_message(http, &au_url, &message_to("SG")).await;
     assert_eq!(sent_by_au(http, &au_url).await.len(), before + 2);
 
+    // A withdrawn message does not hold its key: posting it again is a new post (how a
+    // node re-posts a revoked message), and the new message takes over the key.
+    let revoked = http
+        .put(format!("{au_url}/messages/{id}/status"))
+        .form(&[("status", "revoked")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let (status, replayed, reposted) =
+        post_with_key(http, &au_url, &message_to("SG"), Some("AU:coo-1")).await;
+    assert_eq!((status, replayed), (201, None));
+    let reposted = reposted["id"].as_i64().unwrap();
+    assert!(reposted > id);
+    let (_, replayed, again) =
+        post_with_key(http, &au_url, &message_to("SG"), Some("AU:coo-1")).await;
+    assert_eq!(
+        (again["id"].as_i64(), replayed.as_deref()),
+        (Some(reposted), Some("true"))
+    );
+
     // Bad keys are refused.
     for key in ["", " ", &"k".repeat(256)] {
         let (status, _, body) = post_with_key(http, &au_url, &message_to("SG"), Some(key)).await;
@@ -1287,10 +1308,10 @@ async fn repeated_posts_return_the_stored_message(backend: Backend) {
     }
 
     // SG's subscriber was told about each AU→SG message once: 2 keyed, 1 by sender_ref,
-    // 2 without a key.
-    subscriber.wait_for_deliveries(5).await;
+    // 1 re-posted, 2 without a key.
+    subscriber.wait_for_deliveries(6).await;
     subscriber
-        .expect_no_more_than(5, Duration::from_millis(300))
+        .expect_no_more_than(6, Duration::from_millis(300))
         .await;
     pair.stop().await;
 }

@@ -32,6 +32,10 @@ pub(crate) struct Post {
     pub(crate) idempotency_key: Option<String>,
 }
 
+/// The statuses of a message withdrawn from the channel: a post with its idempotency key
+/// is a new post, not a repetition.
+const WITHDRAWN: [&str; 2] = ["revoked", "undeliverable"];
+
 /// What became of a post.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PostOutcome {
@@ -139,7 +143,9 @@ impl Medium {
     /// returns what became of each, in input order. A post whose idempotency key the
     /// sender already used (earlier, or earlier in the same batch) is not inserted again:
     /// it is [`PostOutcome::Existing`] when the stored message has the same content, else
-    /// [`PostOutcome::Conflict`].
+    /// [`PostOutcome::Conflict`]. Except when that message was withdrawn (`revoked`,
+    /// `undeliverable`): then the post is the sender posting it again, and it is stored as
+    /// a new message that takes over the key.
     pub(crate) async fn insert_batch(
         &self,
         posts: &[Post],
@@ -186,10 +192,33 @@ impl Medium {
                                     .fetch_one(&mut *tx)
                                     .await?;
                             let stored = StoredMessage::from(stored);
-                            if stored.message == *message {
-                                PostOutcome::Existing(stored.id)
-                            } else {
+                            if stored.message != *message {
                                 PostOutcome::Conflict(stored.id)
+                            } else if WITHDRAWN.contains(&stored.status.as_str()) {
+                                // The post this key named was withdrawn: the sender posts
+                                // the message again (a revocation re-post). The key moves
+                                // to the new message.
+                                sqlx::query(
+                                    "UPDATE channel_messages SET idempotency_key = NULL \
+                                     WHERE id = $1",
+                                )
+                                .bind(stored.id)
+                                .execute(&mut *tx)
+                                .await?;
+                                let id: i64 =
+                                    sqlx::query_scalar(sqlx::AssertSqlSafe(insert.clone()))
+                                        .bind(&message.sender)
+                                        .bind(&message.receiver)
+                                        .bind(&message.subject)
+                                        .bind(&message.obj)
+                                        .bind(&message.predicate)
+                                        .bind(&message.sender_ref)
+                                        .bind(&post.idempotency_key)
+                                        .fetch_one(&mut *tx)
+                                        .await?;
+                                PostOutcome::Created(id)
+                            } else {
+                                PostOutcome::Existing(stored.id)
                             }
                         }
                     };

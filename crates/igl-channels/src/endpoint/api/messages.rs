@@ -45,6 +45,8 @@ const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
 /// `id`, plus `Idempotent-Replayed: true`); with different content it is a 409 naming the
 /// field (`Idempotency-Key` or `sender_ref`) and nothing is stored. So a poster that lost
 /// the answer to a post (timeout, crash before recording the id) can post again safely.
+/// A key whose message was withdrawn (`revoked`, `undeliverable`) names a new post: the
+/// message is stored again under a new id (how a node re-posts a revoked message).
 pub(super) async fn post_message(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
