@@ -23,6 +23,24 @@ pub trait JobHandler: Send + Sync + 'static {
     ///
     /// A [`JobError`] saying whether to retry the job later or dead-letter it now.
     async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError>;
+
+    /// Whether the runtime should give this handler whole claimed batches through
+    /// [`JobHandler::handle_batch`] instead of one job at a time through
+    /// [`JobHandler::handle`]. Handlers that write say yes when they can do the writes of
+    /// many jobs in one unit of work (one commit, multi-row statements).
+    fn batched(&self) -> bool {
+        false
+    }
+
+    /// Handles several jobs together, returning one result per job in the order of `jobs`;
+    /// called instead of [`JobHandler::handle`] when [`JobHandler::batched`] says so. The
+    /// contract of `handle` holds per job (at least once, idempotent, cancel-safe); a panic
+    /// or timeout counts against every job of the batch.
+    ///
+    /// The default handles the jobs one by one with `handle`, concurrently.
+    async fn handle_batch(&self, jobs: &[ClaimedJob]) -> Vec<Result<Handled, JobError>> {
+        futures::future::join_all(jobs.iter().map(|job| self.handle(job))).await
+    }
 }
 
 impl fmt::Debug for dyn JobHandler {

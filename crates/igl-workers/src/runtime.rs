@@ -155,6 +155,24 @@ struct BatchReport {
     storage_error: Option<StoreError>,
 }
 
+/// What a handler made of one job: its result, or a panic or timeout (retried).
+#[derive(Debug)]
+enum Attempt {
+    Handled(Result<Handled, JobError>),
+    Failed(String),
+}
+
+/// The span of one job's handling.
+fn job_span(worker: &'static str, job: &ClaimedJob) -> tracing::Span {
+    info_span!(
+        "job",
+        worker,
+        queue = %job.queue,
+        job.id = job.id.0,
+        attempt = job.attempt,
+    )
+}
+
 /// What became of one job.
 #[derive(Debug)]
 enum JobOutcome {
@@ -268,16 +286,15 @@ impl Runtime {
         );
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
 
+        if self.handler.batched() {
+            let jobs: Vec<ClaimedJob> = waiting.by_ref().collect();
+            let span = info_span!("batch", worker = self.handler.name(), jobs = jobs.len());
+            running.spawn(Arc::clone(self).handle_jobs(jobs).instrument(span));
+        }
         loop {
             while running.len() < self.config.concurrency {
                 let Some(job) = waiting.next() else { break };
-                let span = info_span!(
-                    "job",
-                    worker = self.handler.name(),
-                    queue = %job.queue,
-                    job.id = job.id.0,
-                    attempt = job.attempt,
-                );
+                let span = job_span(self.handler.name(), &job);
                 running.spawn(Arc::clone(self).handle_job(job).instrument(span));
             }
             tokio::select! {
@@ -285,11 +302,13 @@ impl Runtime {
                     // Nothing running means nothing waiting either (concurrency >= 1).
                     let Some(joined) = joined else { break };
                     match joined {
-                        Ok((job_id, outcome)) => {
-                            if !matches!(outcome, JobOutcome::Ack(_)) {
-                                held.remove(&job_id);
+                        Ok(outcomes) => {
+                            for (job_id, outcome) in outcomes {
+                                if !matches!(outcome, JobOutcome::Ack(_)) {
+                                    held.remove(&job_id);
+                                }
+                                report.record(outcome, &mut to_ack);
                             }
-                            report.record(outcome, &mut to_ack);
                         }
                         // Handler panics are caught inside the task, so this is the
                         // runtime shutting down; the job comes back after its lease.
@@ -366,30 +385,108 @@ impl Runtime {
         }
     }
 
-    /// Handles one job (inside its span) and records a failure.
-    async fn handle_job(self: Arc<Self>, job: ClaimedJob) -> (JobId, JobOutcome) {
+    /// Dead-letters, without handling it, a job claimed more often than the policy allows
+    /// (its earlier holders crashed or lost the lease): `None` for every other job.
+    async fn dead_letter_poison(&self, job: &ClaimedJob) -> Option<JobOutcome> {
         let max_attempts = self.config.retry.max_attempts;
-        if job.attempt > max_attempts {
-            let last_error = job.last_error.as_deref().unwrap_or("none recorded");
-            let reason = format!("exceeded {max_attempts} attempts; last error: {last_error}");
-            error!(
-                error = %reason,
-                "job dead-lettered without handling, earlier attempts did not finish"
-            );
-            return (job.id, self.dead_letter(&job, &reason).await);
+        if job.attempt <= max_attempts {
+            return None;
         }
+        let last_error = job.last_error.as_deref().unwrap_or("none recorded");
+        let reason = format!("exceeded {max_attempts} attempts; last error: {last_error}");
+        error!(
+            error = %reason,
+            "job dead-lettered without handling, earlier attempts did not finish"
+        );
+        Some(self.dead_letter(job, &reason).await)
+    }
 
+    /// Handles one job (inside its span) and records a failure.
+    async fn handle_job(self: Arc<Self>, job: ClaimedJob) -> Vec<(JobId, JobOutcome)> {
+        if let Some(outcome) = self.dead_letter_poison(&job).await {
+            return vec![(job.id, outcome)];
+        }
         let started = Instant::now();
         let handled = tokio::time::timeout(
             self.config.job_timeout,
             AssertUnwindSafe(self.handler.handle(&job)).catch_unwind(),
         )
         .await;
-        let elapsed = started.elapsed();
-        self.metrics.job_duration(elapsed);
+        let attempt = match handled {
+            Ok(Ok(result)) => Attempt::Handled(result),
+            Ok(Err(panic)) => {
+                Attempt::Failed(format!("handler panicked: {}", panic_message(&*panic)))
+            }
+            Err(_elapsed) => Attempt::Failed(format!(
+                "handler timed out after {:?}",
+                self.config.job_timeout
+            )),
+        };
+        let outcome = self.finish(&job, attempt, started.elapsed()).await;
+        vec![(job.id, outcome)]
+    }
 
-        let outcome = match handled {
-            Ok(Ok(Ok(handled))) => {
+    /// Handles a claimed batch with one call of [`JobHandler::handle_batch`] (inside the
+    /// batch's span), then records each job's result in its own span.
+    async fn handle_jobs(self: Arc<Self>, jobs: Vec<ClaimedJob>) -> Vec<(JobId, JobOutcome)> {
+        let mut outcomes = Vec::with_capacity(jobs.len());
+        let mut ready = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            match self.dead_letter_poison(&job).await {
+                Some(outcome) => outcomes.push((job.id, outcome)),
+                None => ready.push(job),
+            }
+        }
+        if ready.is_empty() {
+            return outcomes;
+        }
+        let started = Instant::now();
+        let handled = tokio::time::timeout(
+            self.config.job_timeout,
+            AssertUnwindSafe(self.handler.handle_batch(&ready)).catch_unwind(),
+        )
+        .await;
+        let elapsed = started.elapsed();
+        let failed = |reason: String| {
+            ready
+                .iter()
+                .map(|_| Attempt::Failed(reason.clone()))
+                .collect::<Vec<_>>()
+        };
+        let attempts = match handled {
+            Ok(Ok(results)) if results.len() == ready.len() => {
+                results.into_iter().map(Attempt::Handled).collect()
+            }
+            Ok(Ok(results)) => failed(format!(
+                "handler returned {} results for a batch of {} jobs",
+                results.len(),
+                ready.len()
+            )),
+            Ok(Err(panic)) => failed(format!("handler panicked: {}", panic_message(&*panic))),
+            Err(_elapsed) => failed(format!(
+                "handler timed out after {:?}",
+                self.config.job_timeout
+            )),
+        };
+        debug!(
+            jobs = ready.len(),
+            elapsed_ms = elapsed.as_millis() as u64,
+            "batch handled"
+        );
+        for (job, attempt) in ready.iter().zip(attempts) {
+            let span = job_span(self.handler.name(), job);
+            let outcome = self.finish(job, attempt, elapsed).instrument(span).await;
+            outcomes.push((job.id, outcome));
+        }
+        outcomes
+    }
+
+    /// Records what became of one handled job: ack it with the batch, retry it or
+    /// dead-letter it.
+    async fn finish(&self, job: &ClaimedJob, attempt: Attempt, elapsed: Duration) -> JobOutcome {
+        self.metrics.job_duration(elapsed);
+        match attempt {
+            Attempt::Handled(Ok(handled)) => {
                 debug!(
                     elapsed_ms = elapsed.as_millis() as u64,
                     ?handled,
@@ -401,29 +498,21 @@ impl Runtime {
                     Handled::AckedInTransaction => JobOutcome::AckedInTransaction,
                 }
             }
-            Ok(Ok(Err(JobError::Permanent(cause)))) => {
+            Attempt::Handled(Err(JobError::Permanent(cause))) => {
                 let reason = error_chain(cause.as_ref());
                 error!(error = %reason, "job failed permanently, dead-lettered");
-                self.dead_letter(&job, &reason).await
+                self.dead_letter(job, &reason).await
             }
-            Ok(Ok(Err(JobError::Transient(cause)))) => {
-                self.retry_or_give_up(&job, None, error_chain(cause.as_ref()))
+            Attempt::Handled(Err(JobError::Transient(cause))) => {
+                self.retry_or_give_up(job, None, error_chain(cause.as_ref()))
                     .await
             }
-            Ok(Ok(Err(JobError::RetryAfter(delay, cause)))) => {
-                self.retry_or_give_up(&job, Some(delay), error_chain(cause.as_ref()))
+            Attempt::Handled(Err(JobError::RetryAfter(delay, cause))) => {
+                self.retry_or_give_up(job, Some(delay), error_chain(cause.as_ref()))
                     .await
             }
-            Ok(Err(panic)) => {
-                let reason = format!("handler panicked: {}", panic_message(&*panic));
-                self.retry_or_give_up(&job, None, reason).await
-            }
-            Err(_elapsed) => {
-                let reason = format!("handler timed out after {:?}", self.config.job_timeout);
-                self.retry_or_give_up(&job, None, reason).await
-            }
-        };
-        (job.id, outcome)
+            Attempt::Failed(reason) => self.retry_or_give_up(job, None, reason).await,
+        }
     }
 
     /// Retries a failed job after `delay` (or the policy's backoff), or dead-letters it when

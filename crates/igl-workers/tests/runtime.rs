@@ -1039,3 +1039,115 @@ async fn outcomes_durations_are_counted_by_queue_and_worker() {
         0
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// batched handlers
+
+/// Records the size of every batch it gets; job `n` fails transiently when `n % 4 == 1`,
+/// permanently when `n % 4 == 2`, and the whole batch panics once when `panic_once` is set.
+#[derive(Debug, Default)]
+struct Batches {
+    sizes: Mutex<Vec<usize>>,
+    panic_once: AtomicBool,
+}
+
+#[async_trait]
+impl JobHandler for Batches {
+    fn name(&self) -> &'static str {
+        "batches"
+    }
+
+    async fn handle(&self, _job: &ClaimedJob) -> Result<Handled, JobError> {
+        panic!("a batched handler is given batches");
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    async fn handle_batch(&self, jobs: &[ClaimedJob]) -> Vec<Result<Handled, JobError>> {
+        self.sizes.lock().expect("sizes").push(jobs.len());
+        assert!(
+            !self.panic_once.swap(false, Ordering::SeqCst),
+            "the batch panics once"
+        );
+        jobs.iter()
+            .map(|job| match job.payload["n"].as_u64().expect("n") % 4 {
+                1 if job.attempt == 1 => Err(JobError::transient(test_error("try again"))),
+                2 => Err(JobError::permanent(test_error("never"))),
+                _ => Ok(Handled::Done),
+            })
+            .collect()
+    }
+}
+
+/// Retries that stay scheduled for the rest of the test.
+fn batch_config(max_attempts: u32) -> WorkerConfig {
+    WorkerConfig {
+        retry: RetryPolicy {
+            max_attempts,
+            base_delay: Duration::from_secs(3600),
+            max_delay: Duration::from_secs(3600),
+        },
+        ..config()
+    }
+}
+
+#[tokio::test]
+async fn a_batched_handler_gets_whole_claims_and_each_job_keeps_its_own_outcome() {
+    let db = TestDb::new().await;
+    db.enqueue(&QUEUE, 40).await;
+    let handler = Arc::new(Batches::default());
+    let as_dyn: Arc<dyn JobHandler> = handler.clone();
+    let report = drain(&db.queue(), &as_dyn, &batch_config(3))
+        .await
+        .expect("drain");
+    // 40 jobs in claims of 16: batches of 16, 16 and 8; 10 retried, 10 dead-lettered.
+    assert_eq!(*handler.sizes.lock().expect("sizes"), vec![16, 16, 8]);
+    assert_eq!(
+        report,
+        DrainReport {
+            claimed: 40,
+            done: 20,
+            retried: 10,
+            dead_lettered: 10,
+            leases_lost: 0,
+        }
+    );
+    assert_eq!(
+        db.depth(&QUEUE).await,
+        QueueDepth {
+            scheduled: 10,
+            dead: 10,
+            ..EMPTY
+        }
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_batch_fails_every_job_of_it() {
+    let db = TestDb::new().await;
+    db.enqueue(&QUEUE, 8).await;
+    let handler = Arc::new(Batches {
+        panic_once: AtomicBool::new(true),
+        ..Batches::default()
+    });
+    let as_dyn: Arc<dyn JobHandler> = handler.clone();
+    let report = drain(&db.queue(), &as_dyn, &batch_config(1))
+        .await
+        .expect("drain");
+    assert_eq!(report.claimed, 8);
+    assert_eq!(report.dead_lettered, 8);
+    let dead = db
+        .store
+        .dead_letters(Some(&QUEUE), None, 100)
+        .await
+        .expect("dead letters");
+    assert_eq!(dead.len(), 8);
+    assert!(dead.iter().all(|letter| {
+        letter
+            .last_error
+            .as_deref()
+            .is_some_and(|error| error.contains("handler panicked: the batch panics once"))
+    }));
+}

@@ -10,12 +10,14 @@
 /// (`insert_messages`, `update_message`, `enqueue`, `ack`, `append_event`, `grant_object`,
 /// which take the transaction's connection).
 macro_rules! sql_unit_of_work {
-    ($name:ident, $database:ty, $doc:literal) => {
+    ($name:ident, $tx:ty, $doc:literal) => {
         #[doc = $doc]
         struct $name {
-            tx: sqlx::Transaction<'static, $database>,
+            tx: $tx,
             woken: Vec<igl_core::QueueName>,
             wakeups: super::wake::Wakeups,
+            /// Whether any subscription exists, looked up once per unit of work.
+            subscribed: Option<bool>,
         }
 
         #[async_trait::async_trait]
@@ -59,7 +61,16 @@ macro_rules! sql_unit_of_work {
                 // Fan-out only matters when someone listens. A subscription committed after
                 // this transaction started listening later than the event, so it need not
                 // receive it (WebSub delivers what is published while subscribed).
-                if appended && any_subscription(&mut self.tx).await? {
+                let subscribed = match (appended, self.subscribed) {
+                    (false, _) => false,
+                    (true, Some(known)) => known,
+                    (true, None) => {
+                        let known = any_subscription(&mut self.tx).await?;
+                        self.subscribed = Some(known);
+                        known
+                    }
+                };
+                if subscribed {
                     let spread = igl_core::pipeline::spread_job(&event.id);
                     enqueue(&mut self.tx, std::slice::from_ref(&spread)).await?;
                     self.woken.push(spread.queue);
@@ -80,8 +91,9 @@ macro_rules! sql_unit_of_work {
                     tx,
                     mut woken,
                     wakeups,
+                    ..
                 } = *self;
-                tx.commit().await.map_err(super::store_error)?;
+                super::WriteTransaction::commit_write(tx).await?;
                 woken.sort();
                 woken.dedup();
                 for queue in woken {
@@ -194,6 +206,7 @@ macro_rules! sql_subscription_store {
                      updated_at = excluded.updated_at RETURNING {}",
                     super::rows::SUBSCRIPTION_COLUMNS
                 ));
+                let mut writer = self.$writer().await?;
                 let row: super::rows::SubscriptionRow = sqlx::query_as(sqlx::AssertSqlSafe(sql))
                     .bind(&subscription.topic)
                     .bind(igl_core::subscriptions::topic_key(&subscription.topic))
@@ -201,9 +214,10 @@ macro_rules! sql_subscription_store {
                     .bind(subscription.secret.as_ref().map(|secret| secret.0.clone()))
                     .bind(super::to_micros(subscription.expires_at))
                     .bind(now)
-                    .fetch_one(&self.$writer)
+                    .fetch_one(&mut *writer)
                     .await
                     .map_err(super::store_error)?;
+                super::WriteTransaction::commit_write(writer).await?;
                 Ok(row.into_subscription())
             }
 
@@ -215,24 +229,28 @@ macro_rules! sql_subscription_store {
                 let sql = $convert(
                     "DELETE FROM subscriptions WHERE topic_key = ?1 AND callback = ?2".to_owned(),
                 );
+                let mut writer = self.$writer().await?;
                 let removed = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(igl_core::subscriptions::topic_key(topic))
                     .bind(callback)
-                    .execute(&self.$writer)
+                    .execute(&mut *writer)
                     .await
                     .map_err(super::store_error)?
                     .rows_affected();
+                super::WriteTransaction::commit_write(writer).await?;
                 Ok(removed > 0)
             }
 
             async fn remove_subscription_by_id(&self, id: i64) -> Result<bool, igl_core::StoreError> {
                 let sql = $convert("DELETE FROM subscriptions WHERE id = ?1".to_owned());
+                let mut writer = self.$writer().await?;
                 let removed = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(id)
-                    .execute(&self.$writer)
+                    .execute(&mut *writer)
                     .await
                     .map_err(super::store_error)?
                     .rows_affected();
+                super::WriteTransaction::commit_write(writer).await?;
                 Ok(removed > 0)
             }
 
@@ -317,7 +335,9 @@ macro_rules! sql_subscription_store {
                     .bind(now)
                     .bind(super::truncate_error(error)),
                 };
-                query.execute(&self.$writer).await.map_err(super::store_error)?;
+                let mut writer = self.$writer().await?;
+                query.execute(&mut *writer).await.map_err(super::store_error)?;
+                super::WriteTransaction::commit_write(writer).await?;
                 Ok(())
             }
 
@@ -326,12 +346,14 @@ macro_rules! sql_subscription_store {
                 now: igl_domain::Timestamp,
             ) -> Result<u64, igl_core::StoreError> {
                 let sql = $convert("DELETE FROM subscriptions WHERE expires_at <= ?1".to_owned());
+                let mut writer = self.$writer().await?;
                 let purged = sqlx::query(sqlx::AssertSqlSafe(sql))
                     .bind(super::to_micros(now))
-                    .execute(&self.$writer)
+                    .execute(&mut *writer)
                     .await
                     .map_err(super::store_error)?
                     .rows_affected();
+                super::WriteTransaction::commit_write(writer).await?;
                 Ok(purged)
             }
         }
@@ -352,7 +374,28 @@ pub(crate) fn postgres_placeholders(sql: String) -> String {
     out
 }
 
+mod group;
 mod postgres;
+
+/// A backend's write transaction, as the unit of work commits it.
+pub(crate) trait WriteTransaction: Send {
+    /// Commits durably.
+    fn commit_write(self) -> impl std::future::Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// A pooled PostgreSQL connection in autocommit mode: each statement commits by itself.
+impl WriteTransaction for sqlx::pool::PoolConnection<sqlx::Postgres> {
+    async fn commit_write(self) -> Result<(), StoreError> {
+        Ok(())
+    }
+}
+
+impl WriteTransaction for sqlx::Transaction<'static, sqlx::Postgres> {
+    async fn commit_write(self) -> Result<(), StoreError> {
+        self.commit().await.map_err(store_error)
+    }
+}
+
 mod rows;
 mod sqlite;
 mod wake;

@@ -58,6 +58,11 @@ impl Drop for BackgroundTasks {
 }
 
 impl PostgresStore {
+    /// A connection whose statements commit one by one (for single-statement writes).
+    async fn autocommit_writer(&self) -> Result<sqlx::pool::PoolConnection<Postgres>, StoreError> {
+        self.pool.acquire().await.map_err(store_error)
+    }
+
     /// Connects to `url` with up to `max_connections`, creates `schema` if given (otherwise
     /// uses `public`), applies migrations (serialised across processes by an advisory lock)
     /// and starts listening for enqueue notifications.
@@ -622,6 +627,7 @@ impl Storage for PostgresStore {
             tx,
             woken: Vec::new(),
             wakeups: self.wakeups.clone(),
+            subscribed: None,
         }))
     }
 
@@ -636,7 +642,7 @@ impl Storage for PostgresStore {
 
 sql_subscription_store!(
     PostgresStore,
-    pool,
+    autocommit_writer,
     pool,
     super::postgres_placeholders,
     "topic_key IN (SELECT jsonb_array_elements_text(?1::jsonb))"
@@ -644,6 +650,6 @@ sql_subscription_store!(
 
 sql_unit_of_work!(
     PostgresUnitOfWork,
-    Postgres,
+    sqlx::Transaction<'static, Postgres>,
     "A read-committed transaction; updated messages are locked with `FOR UPDATE`."
 );

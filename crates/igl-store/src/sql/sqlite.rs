@@ -20,8 +20,9 @@ use igl_domain::{
     Jurisdiction, Message, MessageRef, MessageStatus, MessageUpdate, Multihash, NewMessage,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Sqlite, SqliteConnection, SqlitePool, Transaction};
+use sqlx::{ConnectOptions as _, SqliteConnection, SqlitePool};
 
+use super::group::{GroupWriter, WriteTx};
 use super::rows::{DeadJobRow, JobRow, MESSAGE_COLUMNS, MessageRow};
 use super::wake::Wakeups;
 use super::{
@@ -36,7 +37,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite")
 /// The SQLite implementation of every storage port.
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: GroupWriter,
     reader: SqlitePool,
     wakeups: Wakeups,
 }
@@ -69,13 +70,9 @@ impl SqliteStore {
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        let writer = SqlitePoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(60))
-            .connect_with(options.clone())
-            .await
-            .map_err(store_error)?;
-        MIGRATOR.run(&writer).await.map_err(migrate_error)?;
+        let mut writer = options.connect().await.map_err(store_error)?;
+        MIGRATOR.run(&mut writer).await.map_err(migrate_error)?;
+        let writer = GroupWriter::new(writer);
         let reader = SqlitePoolOptions::new()
             .max_connections(max_readers.max(1))
             .connect_with(options)
@@ -94,11 +91,14 @@ impl SqliteStore {
         self.reader.close().await;
     }
 
-    async fn write_transaction(&self) -> Result<Transaction<'static, Sqlite>, StoreError> {
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(store_error)
+    /// A member transaction of the writer's group commit.
+    async fn write_transaction(&self) -> Result<WriteTx, StoreError> {
+        self.writer.begin().await
+    }
+
+    /// A member of the writer's group commit for exactly one statement.
+    async fn write_statement(&self) -> Result<WriteTx, StoreError> {
+        self.writer.begin_statement().await
     }
 }
 
@@ -331,8 +331,9 @@ async fn grant_object(
 #[async_trait]
 impl JobQueue for SqliteStore {
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(store_error)?;
-        enqueue(&mut conn, jobs).await?;
+        let mut tx = self.write_statement().await?;
+        enqueue(&mut tx, jobs).await?;
+        tx.commit().await?;
         for job in jobs {
             self.wakeups.wake(job.queue.as_str());
         }
@@ -350,6 +351,7 @@ impl JobQueue for SqliteStore {
         }
         let now = now_micros();
         let token = new_lease_token();
+        let mut tx = self.write_statement().await?;
         let mut rows: Vec<JobRow> = sqlx::query_as(
             "UPDATE jobs SET lease_token = ?1, run_at = ?2, attempts = attempts + 1 \
              WHERE id IN (SELECT id FROM jobs WHERE queue = ?3 AND run_at <= ?4 \
@@ -361,9 +363,10 @@ impl JobQueue for SqliteStore {
         .bind(queue.as_str())
         .bind(now)
         .bind(i64::try_from(max).unwrap_or(i64::MAX))
-        .fetch_all(&self.writer)
+        .fetch_all(&mut *tx)
         .await
         .map_err(store_error)?;
+        tx.commit().await?;
         rows.sort_by_key(|row| row.id);
         rows.into_iter()
             .map(|row| row.into_claimed(token))
@@ -371,8 +374,12 @@ impl JobQueue for SqliteStore {
     }
 
     async fn ack(&self, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
-        let mut conn = self.writer.acquire().await.map_err(store_error)?;
-        ack(&mut conn, receipts).await
+        // One statement per lease token (one for a claimed batch); a failure after the
+        // first leaves those acks done, which is harmless: the rest come back.
+        let mut tx = self.write_statement().await?;
+        let acked = ack(&mut tx, receipts).await?;
+        tx.commit().await?;
+        Ok(acked)
     }
 
     async fn retry(
@@ -381,6 +388,7 @@ impl JobQueue for SqliteStore {
         delay: Duration,
         error: &str,
     ) -> Result<bool, StoreError> {
+        let mut tx = self.write_statement().await?;
         let result = sqlx::query(
             "UPDATE jobs SET lease_token = NULL, run_at = ?3, last_error = ?4 \
              WHERE id = ?1 AND lease_token = ?2",
@@ -389,9 +397,10 @@ impl JobQueue for SqliteStore {
         .bind(receipt.lease_token)
         .bind(now_micros().saturating_add(duration_micros(delay)))
         .bind(truncate_error(error))
-        .execute(&self.writer)
+        .execute(&mut *tx)
         .await
         .map_err(store_error)?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -418,18 +427,20 @@ impl JobQueue for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(store_error)?;
-        tx.commit().await.map_err(store_error)?;
+        tx.commit().await?;
         Ok(true)
     }
 
     async fn extend_lease(&self, receipt: JobReceipt, lease: Duration) -> Result<bool, StoreError> {
+        let mut tx = self.write_statement().await?;
         let result = sqlx::query("UPDATE jobs SET run_at = ?3 WHERE id = ?1 AND lease_token = ?2")
             .bind(receipt.id.0)
             .bind(receipt.lease_token)
             .bind(now_micros().saturating_add(duration_micros(lease)))
-            .execute(&self.writer)
+            .execute(&mut *tx)
             .await
             .map_err(store_error)?;
+        tx.commit().await?;
         Ok(result.rows_affected() == 1)
     }
 
@@ -470,7 +481,7 @@ impl JobQueue for SqliteStore {
             .await
             .map_err(store_error)?
             .rows_affected();
-        tx.commit().await.map_err(store_error)?;
+        tx.commit().await?;
         if let Some(queue) = queue {
             self.wakeups.wake(&queue);
         }
@@ -519,6 +530,7 @@ impl Storage for SqliteStore {
             tx,
             woken: Vec::new(),
             wakeups: self.wakeups.clone(),
+            subscribed: None,
         }))
     }
 
@@ -533,7 +545,7 @@ impl Storage for SqliteStore {
 
 sql_subscription_store!(
     SqliteStore,
-    writer,
+    write_statement,
     reader,
     std::convert::identity,
     "topic_key IN (SELECT value FROM json_each(?1))"
@@ -541,6 +553,6 @@ sql_subscription_store!(
 
 sql_unit_of_work!(
     SqliteUnitOfWork,
-    Sqlite,
-    "A `BEGIN IMMEDIATE` transaction on the writer connection."
+    super::group::WriteTx,
+    "A member transaction of the writer's group commit (see `group`)."
 );

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use igl_core::pipeline::{MessageJob, PipelineJob, stored_message_events};
 use igl_core::{ClaimedJob, NewJob, Storage};
-use igl_domain::{Jurisdiction, MessageRef, MessageStatus, Multihash};
+use igl_domain::{Jurisdiction, Message, MessageRef, MessageStatus, Multihash};
 
+use super::batch::{BatchSteps, Prepared, prepare_then_write};
 use crate::{Handled, JobError, JobHandler};
 
 /// Handles `process.v1` jobs.
@@ -30,13 +31,29 @@ impl ProcessMessage {
     }
 }
 
-#[async_trait]
-impl JobHandler for ProcessMessage {
-    fn name(&self) -> &'static str {
-        "message-processor"
+/// What processing one message writes.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    message: Message,
+    document: Option<Multihash>,
+    next: Option<NewJob>,
+}
+
+impl BatchSteps for ProcessMessage {
+    type Write = Plan;
+
+    async fn prepare(&self, job: &ClaimedJob) -> Result<Prepared<Plan>, JobError> {
+        self.plan(job).await.map(Prepared::Write)
     }
 
-    async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError> {
+    async fn write(&self, work: &[(&ClaimedJob, Plan)]) -> Result<(), JobError> {
+        self.apply(work).await
+    }
+}
+
+impl ProcessMessage {
+    /// Reads the job's message and decides what to write.
+    async fn plan(&self, job: &ClaimedJob) -> Result<Plan, JobError> {
         let reference = match serde_json::from_value::<PipelineJob>(job.payload.clone()) {
             Ok(PipelineJob::ProcessV1(MessageJob { reference })) => reference,
             Ok(other) => {
@@ -49,18 +66,9 @@ impl JobHandler for ProcessMessage {
             self.storage.get_message(&reference).await?.ok_or_else(|| {
                 JobError::permanent(format!("message {reference} does not exist"))
             })?;
-
-        let mut unit = self.storage.begin().await?;
         let document = Multihash::parse(&message.content.obj).ok();
-        if let Some(document) = &document {
-            unit.grant_object(document, message.content.receiver)
-                .await?;
-        }
-        for event in stored_message_events(&message) {
-            unit.append_event(&event).await?;
-        }
         let outbound = message.content.sender == self.jurisdiction;
-        let next: Option<NewJob> = match (outbound, message.status, document) {
+        let next = match (outbound, message.status, &document) {
             (true, MessageStatus::Pending, _) => Some(
                 PipelineJob::RouteV1(MessageJob {
                     reference: reference.to_string(),
@@ -77,17 +85,60 @@ impl JobHandler for ProcessMessage {
             ),
             _ => None,
         };
-        if let Some(next) = &next {
-            unit.enqueue(std::slice::from_ref(next)).await?;
+        Ok(Plan {
+            message,
+            document,
+            next,
+        })
+    }
+
+    /// Writes the plans of `jobs` and acks the jobs, in one unit of work.
+    async fn apply(&self, work: &[(&ClaimedJob, Plan)]) -> Result<(), JobError> {
+        let mut unit = self.storage.begin().await?;
+        for (_, plan) in work {
+            if let Some(document) = &plan.document {
+                unit.grant_object(document, plan.message.content.receiver)
+                    .await?;
+            }
+            for event in stored_message_events(&plan.message) {
+                unit.append_event(&event).await?;
+            }
         }
-        unit.ack(&[job.receipt()]).await?;
+        let next: Vec<NewJob> = work.iter().filter_map(|(_, plan)| plan.next.clone()).collect();
+        unit.enqueue(&next).await?;
+        let receipts: Vec<_> = work.iter().map(|(job, _)| job.receipt()).collect();
+        unit.ack(&receipts).await?;
         unit.commit().await?;
-        tracing::debug!(
-            reference = %reference,
-            status = %message.status,
-            next = next.as_ref().map(|job| job.queue.as_str()),
-            "message processed"
-        );
+        for (_, plan) in work {
+            tracing::debug!(
+                reference = %plan.message.reference(),
+                status = %plan.message.status,
+                next = plan.next.as_ref().map(|job| job.queue.as_str()),
+                "message processed"
+            );
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl JobHandler for ProcessMessage {
+    fn name(&self) -> &'static str {
+        "message-processor"
+    }
+
+    async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError> {
+        let plan = self.plan(job).await?;
+        self.apply(&[(job, plan)]).await?;
         Ok(Handled::AckedInTransaction)
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    /// Plans every job (concurrent reads), then writes them all in one unit of work.
+    async fn handle_batch(&self, jobs: &[ClaimedJob]) -> Vec<Result<Handled, JobError>> {
+        prepare_then_write(self, jobs).await
     }
 }

@@ -34,9 +34,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use igl_core::channel::{ChannelError, Channels};
 use igl_core::pipeline::PipelineJob;
-use igl_core::{ClaimedJob, Storage};
+use igl_core::{ClaimedJob, InsertOutcome, Storage, StoreError};
 use igl_domain::{Jurisdiction, MessageFields, MessageStatus, Multihash, NewMessage, SenderRef};
 
+use super::batch::{BatchSteps, Prepared, prepare_then_write};
 use crate::{Handled, JobError, JobHandler, RetryPolicy};
 
 /// The `sender_ref` of a channel message that carries none: `<channel_id>.<message_id>`,
@@ -177,6 +178,35 @@ impl JobHandler for RetrieveChannelMessage {
     }
 
     async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError> {
+        prepare_then_write(self, std::slice::from_ref(job))
+            .await
+            .pop()
+            .unwrap_or_else(|| unreachable!("one result per job"))
+    }
+
+    fn batched(&self) -> bool {
+        true
+    }
+
+    /// Fetches every message of the batch concurrently, then stores them all in one unit
+    /// of work.
+    async fn handle_batch(&self, jobs: &[ClaimedJob]) -> Vec<Result<Handled, JobError>> {
+        prepare_then_write(self, jobs).await
+    }
+}
+
+/// A fetched, validated channel message to store.
+#[derive(Debug)]
+pub(crate) struct Retrieved {
+    channel_id: String,
+    message_id: String,
+    message: NewMessage,
+}
+
+impl BatchSteps for RetrieveChannelMessage {
+    type Write = Retrieved;
+
+    async fn prepare(&self, job: &ClaimedJob) -> Result<Prepared<Retrieved>, JobError> {
         let (channel_id, message_id) =
             match serde_json::from_value::<PipelineJob>(job.payload.clone()) {
                 Ok(PipelineJob::ChannelMessageV1 {
@@ -212,7 +242,7 @@ impl JobHandler for RetrieveChannelMessage {
                 );
                 metrics::counter!("igl_channel_messages_dropped_total", "channel" => channel_id)
                     .increment(1);
-                return Ok(Handled::Done);
+                return Ok(Prepared::Finished(Handled::Done));
             }
             _ => {
                 return Err(JobError::permanent(format!(
@@ -222,33 +252,57 @@ impl JobHandler for RetrieveChannelMessage {
             }
         }
         let message = self.accept(&channel_id, &message_id, fetched.message)?;
-        let reference = message.reference();
+        Ok(Prepared::Write(Retrieved {
+            channel_id,
+            message_id,
+            message,
+        }))
+    }
 
+    /// Stores the messages as `received` (a reference seen before is a duplicate, never a
+    /// second message), queues processing for the new ones and acks the jobs.
+    async fn write(&self, work: &[(&ClaimedJob, Retrieved)]) -> Result<(), JobError> {
+        let messages: Vec<(NewMessage, MessageStatus)> = work
+            .iter()
+            .map(|(_, retrieved)| (retrieved.message.clone(), MessageStatus::Received))
+            .collect();
         let mut unit = self.storage.begin().await?;
-        let inserted = unit
-            .insert_message(&message, MessageStatus::Received)
-            .await?;
-        if inserted.created {
-            unit.enqueue(&[PipelineJob::process(&reference).into_new_job()])
-                .await?;
+        let outcomes = unit.insert_messages(&messages).await?;
+        let mut created = Vec::with_capacity(outcomes.len());
+        let mut process = Vec::new();
+        for outcome in &outcomes {
+            match outcome {
+                InsertOutcome::Created(message) => {
+                    process.push(PipelineJob::process(&message.reference()).into_new_job());
+                    created.push(true);
+                }
+                InsertOutcome::Existing(_) => created.push(false),
+                InsertOutcome::Conflict(reference) => {
+                    return Err(StoreError::MessageConflict(reference.clone()).into());
+                }
+            }
         }
-        unit.ack(&[job.receipt()]).await?;
+        unit.enqueue(&process).await?;
+        let receipts: Vec<_> = work.iter().map(|(job, _)| job.receipt()).collect();
+        unit.ack(&receipts).await?;
         unit.commit().await?;
 
-        tracing::info!(
-            %channel_id,
-            %message_id,
-            %reference,
-            created = inserted.created,
-            "channel message retrieved"
-        );
-        metrics::counter!(
-            "igl_channel_messages_retrieved_total",
-            "channel" => channel_id,
-            "outcome" => if inserted.created { "created" } else { "duplicate" },
-        )
-        .increment(1);
-        Ok(Handled::AckedInTransaction)
+        for ((_, retrieved), created) in work.iter().zip(created) {
+            tracing::info!(
+                channel_id = %retrieved.channel_id,
+                message_id = %retrieved.message_id,
+                reference = %retrieved.message.reference(),
+                created,
+                "channel message retrieved"
+            );
+            metrics::counter!(
+                "igl_channel_messages_retrieved_total",
+                "channel" => retrieved.channel_id.clone(),
+                "outcome" => if created { "created" } else { "duplicate" },
+            )
+            .increment(1);
+        }
+        Ok(())
     }
 }
 
