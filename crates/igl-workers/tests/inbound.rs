@@ -172,6 +172,8 @@ struct ChannelState {
     /// The listing (ids, oldest first); `None`: no listing (404).
     listing: Option<Vec<u64>>,
     listing_queries: Vec<HashMap<String, String>>,
+    /// Answer every `GET /messages/{id}` with 503.
+    unavailable: bool,
 }
 
 #[derive(Clone, Default)]
@@ -207,6 +209,9 @@ impl FakeChannel {
 async fn get_message(State(channel): State<FakeChannel>, Path(id): Path<String>) -> Response {
     let mut state = channel.0.lock().unwrap();
     state.fetches += 1;
+    if state.unavailable {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     match state.messages.get(&id) {
         Some(answer) => axum::Json(answer.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -445,6 +450,53 @@ async fn a_revoked_message_is_dropped_and_acked() {
         node.depth(&CHANNEL_MESSAGE_QUEUE).await,
         QueueDepth::default()
     );
+}
+
+#[tokio::test]
+async fn a_failing_channel_opens_its_circuit_without_holding_up_another() {
+    let node = Node::new().await;
+    let failing = FakeChannel::default();
+    failing.0.lock().unwrap().unavailable = true;
+    let healthy = FakeChannel::default();
+    healthy.put(1, "confirmed", message_json("AU", "SG"));
+    let (failing_url, healthy_url) = (failing.start().await, healthy.start().await);
+    let handler: Arc<dyn JobHandler> = Arc::new(RetrieveChannelMessage::new(
+        node.storage(),
+        channels([("failing", failing_url), ("healthy", healthy_url)]),
+        sg(),
+    ));
+    for id in 1..=6 {
+        node.enqueue(PipelineJob::ChannelMessageV1 {
+            channel_id: "failing".to_owned(),
+            message_id: id.to_string(),
+        })
+        .await;
+    }
+    node.enqueue(PipelineJob::ChannelMessageV1 {
+        channel_id: "healthy".to_owned(),
+        message_id: "1".to_owned(),
+    })
+    .await;
+    // One job at a time, so the breaker sees each failure before the next call.
+    let config = WorkerConfig {
+        concurrency: 1,
+        claim_batch: 1,
+        retry: RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_secs(60),
+            max_delay: Duration::from_secs(60),
+        },
+        ..WorkerConfig::new(CHANNEL_MESSAGE_QUEUE)
+    };
+    let report = drain(&node.queue(), &handler, &config).await.unwrap();
+    assert_eq!((report.done, report.retried), (1, 6), "{report:?}");
+    // Five failures opened the failing channel's circuit: the sixth call never left.
+    assert_eq!(failing.0.lock().unwrap().fetches, 5);
+    let messages = node.all_messages().await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].sender_ref.as_str(), "healthy.1");
+    let depth = node.depth(&CHANNEL_MESSAGE_QUEUE).await;
+    assert_eq!((depth.scheduled, depth.dead), (6, 0), "{depth:?}");
 }
 
 // ---------------------------------------------------------------------------------------
