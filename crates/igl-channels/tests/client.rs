@@ -947,3 +947,209 @@ async fn a_misconfigured_channel_delays_the_message_instead_of_rejecting_it() {
         MessageStatus::Pending
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// idempotent posting against our real endpoint
+
+/// What the lossy proxy saw.
+#[derive(Debug, Default)]
+struct ProxyState {
+    /// The `Idempotency-Key` of every `POST /messages` forwarded.
+    post_keys: Mutex<Vec<Option<String>>>,
+    /// How many answers to `POST /messages` to drop (replaced by a 502) after the upstream
+    /// handled the request.
+    lose_answers: Mutex<usize>,
+}
+
+/// A proxy in front of `upstream` that forwards every request, and answers the first
+/// `lose_answers` posts with 502 Bad Gateway *after* the upstream committed them: the
+/// channel holds the message, the router never learns its id.
+async fn lossy_proxy(upstream: String, lose_answers: usize) -> (SocketAddr, Arc<ProxyState>) {
+    let state = Arc::new(ProxyState {
+        lose_answers: Mutex::new(lose_answers),
+        ..ProxyState::default()
+    });
+    let http = reqwest::Client::new();
+    let app = Router::new().fallback({
+        let state = state.clone();
+        move |method: axum::http::Method,
+              uri: axum::http::Uri,
+              headers: axum::http::HeaderMap,
+              body: axum::body::Bytes| {
+            let (state, http, upstream) = (state.clone(), http.clone(), upstream.clone());
+            async move {
+                let is_post = method == axum::http::Method::POST && uri.path() == "/messages";
+                let mut request = http.request(method, format!("{upstream}{uri}")).body(body);
+                for (name, value) in &headers {
+                    if name != axum::http::header::HOST {
+                        request = request.header(name, value);
+                    }
+                }
+                let answer = request.send().await.unwrap();
+                let status = answer.status();
+                let body = answer.bytes().await.unwrap();
+                if is_post {
+                    let key = headers
+                        .get("idempotency-key")
+                        .map(|value| value.to_str().unwrap().to_owned());
+                    state.post_keys.lock().unwrap().push(key);
+                    let mut lose = state.lose_answers.lock().unwrap();
+                    if *lose > 0 {
+                        *lose -= 1;
+                        return (StatusCode::BAD_GATEWAY, "upstream answer lost").into_response();
+                    }
+                }
+                (status, body).into_response()
+            }
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, state)
+}
+
+/// Our shared-db endpoint for AU on a SQLite medium in `directory`.
+async fn real_endpoint(directory: &TempDir) -> (igl_channels::endpoint::RunningEndpoint, String) {
+    let medium = format!("sqlite://{}", directory.path().join("channel.db").display());
+    let state: Arc<dyn Storage> = Arc::new(
+        SqliteStore::open(&directory.path().join("endpoint.db"))
+            .await
+            .unwrap(),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint_url = format!("http://{}", listener.local_addr().unwrap());
+    let config = igl_channels::endpoint::EndpointConfig::new(
+        jurisdiction("AU"),
+        medium,
+        state,
+        endpoint_url.clone(),
+    );
+    let endpoint =
+        igl_channels::endpoint::start(config, listener, tokio_util::sync::CancellationToken::new())
+            .await
+            .unwrap();
+    (endpoint, endpoint_url)
+}
+
+/// The messages AU posted, as the endpoint lists them.
+async fn listed_from_au(endpoint_url: &str) -> Vec<Value> {
+    let listing: Value = reqwest::get(format!("{endpoint_url}/messages?sender=AU"))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    listing["messages"].as_array().unwrap().clone()
+}
+
+#[tokio::test]
+async fn a_post_whose_answer_was_lost_is_not_stored_twice_on_the_channel() {
+    let directory = tempfile::tempdir().unwrap();
+    let (endpoint, endpoint_url) = real_endpoint(&directory).await;
+    let (proxy, seen) = lossy_proxy(endpoint_url.clone(), 1).await;
+    let node = Node::new(proxy).await;
+    let reference = node.submit("lost-answer-1", "SG").await;
+
+    // First attempt: the endpoint commits the message, the router gets a 502 and retries.
+    let report = node.route().await;
+    assert!(report.done == 0 && report.retried >= 1, "{report:?}");
+    assert_eq!(node.message(&reference).await.channel_txn_id, None);
+
+    let deadline = Instant::now() + DEADLINE;
+    while node.message(&reference).await.channel_txn_id.is_none() {
+        assert!(Instant::now() < deadline, "never recorded");
+        node.route().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    // Posted twice with the message reference as the key; stored once.
+    let keys = seen.post_keys.lock().unwrap().clone();
+    assert_eq!(
+        keys,
+        vec![Some("AU:lost-answer-1".to_owned()); 2],
+        "two posts, one key"
+    );
+    let stored = listed_from_au(&endpoint_url).await;
+    assert_eq!(stored.len(), 1, "{stored:?}");
+    let message = node.message(&reference).await;
+    assert_eq!(
+        message.channel_txn_id.as_deref(),
+        Some(stored[0]["id"].to_string().as_str())
+    );
+    assert_eq!(message.status, MessageStatus::Pending);
+
+    // And the poller confirms it as usual (commit is confirmation on this medium).
+    let deadline = Instant::now() + DEADLINE;
+    while node.message(&reference).await.status == MessageStatus::Pending {
+        assert!(Instant::now() < deadline, "never accepted");
+        node.poll().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        node.message(&reference).await.status,
+        MessageStatus::Accepted
+    );
+    endpoint.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_message_revoked_on_our_endpoint_is_posted_again_under_a_new_id() {
+    let directory = tempfile::tempdir().unwrap();
+    let (endpoint, endpoint_url) = real_endpoint(&directory).await;
+    let node = Node::new(endpoint.local_addr()).await;
+    let reference = node.submit("revoked-1", "SG").await;
+    node.route().await;
+    let deadline = Instant::now() + DEADLINE;
+    while node.message(&reference).await.status != MessageStatus::Accepted {
+        assert!(Instant::now() < deadline, "never accepted");
+        node.poll().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let first = node.message(&reference).await.channel_txn_id.unwrap();
+
+    // The channel withdraws it; a poll of the message (a replayed job) notices.
+    let revoked = reqwest::Client::new()
+        .put(format!("{endpoint_url}/messages/{first}/status"))
+        .form(&[("status", "revoked")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), StatusCode::OK);
+    node.enqueue(PipelineJob::channel_poll(&reference)).await;
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let message = node.message(&reference).await;
+        if message.channel_txn_id.as_deref() != Some(first.as_str())
+            && message.channel_status == Some(ChannelStatus::Confirmed)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never re-posted: {message:?}");
+        node.poll().await;
+        node.route().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Re-posted with the same idempotency key, yet stored anew: the revoked message does
+    // not hold the key any more.
+    let message = node.message(&reference).await;
+    assert_eq!(message.status, MessageStatus::Accepted);
+    let listed = listed_from_au(&endpoint_url).await;
+    let statuses: Vec<(String, String)> = listed
+        .iter()
+        .map(|m| {
+            (
+                m["id"].to_string(),
+                m["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            (first, "revoked".to_owned()),
+            (message.channel_txn_id.unwrap(), "confirmed".to_owned())
+        ]
+    );
+    endpoint.stop().await.unwrap();
+}

@@ -1162,3 +1162,256 @@ async fn listing_supports_catch_up(backend: Backend) {
     assert_eq!(fields, ["limit", "receiver", "updated_since"]);
     pair.stop().await;
 }
+
+// ---------------------------------------------------------------------------------------
+// Idempotent posting
+// ---------------------------------------------------------------------------------------
+
+/// Posts `message` with an optional `Idempotency-Key`; returns the status, the
+/// `Idempotent-Replayed` header and the body.
+async fn post_with_key(
+    http: &reqwest::Client,
+    endpoint: &str,
+    message: &Value,
+    key: Option<&str>,
+) -> (u16, Option<String>, Value) {
+    let mut request = http.post(format!("{endpoint}/messages")).json(message);
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let replayed = response
+        .headers()
+        .get("idempotent-replayed")
+        .map(|value| value.to_str().unwrap().to_owned());
+    (status, replayed, response.json().await.unwrap())
+}
+
+/// The ids of every message AU sent, as the listing shows them.
+async fn sent_by_au(http: &reqwest::Client, endpoint: &str) -> Vec<i64> {
+    let (status, body) = get_json(http, &format!("{endpoint}/messages?sender=AU")).await;
+    assert_eq!(status, 200);
+    body["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["id"].as_i64().unwrap())
+        .collect()
+}
+
+async fn repeated_posts_return_the_stored_message(backend: Backend) {
+    let pair = Pair::start(backend).await;
+    let http = &pair.http;
+    let au_url = pair.au.url();
+    let subscriber = Subscriber::start().await;
+    subscribe_sg(&pair, &subscriber, None).await;
+
+    // The same key twice: one message, the same id, the second answer marked as a replay.
+    let (status, replayed, first) =
+        post_with_key(http, &au_url, &message_to("SG"), Some("AU:coo-1")).await;
+    assert_eq!((status, replayed), (201, None));
+    let id = first["id"].as_i64().unwrap();
+    let (status, replayed, second) =
+        post_with_key(http, &au_url, &message_to("SG"), Some("AU:coo-1")).await;
+    assert_eq!((status, replayed.as_deref()), (201, Some("true")));
+    assert_eq!(second, json!({ "id": id }));
+    assert_eq!(sent_by_au(http, &au_url).await, vec![id]);
+
+    // Concurrent posts with one key (one group-committed batch or several): one message.
+    let mut posts = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (http, au_url) = (http.clone(), au_url.clone());
+        posts.spawn(async move {
+            post_with_key(&http, &au_url, &message_to("SG"), Some("AU:coo-2")).await
+        });
+    }
+    let answers = posts.join_all().await;
+    let ids: std::collections::BTreeSet<i64> = answers
+        .iter()
+        .map(|(status, _, body)| {
+            assert_eq!(*status, 201, "{body}");
+            body["id"].as_i64().unwrap()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    let second_id = *ids.first().unwrap();
+    assert_eq!(sent_by_au(http, &au_url).await, vec![id, second_id]);
+
+    // The same key for different content: 409, nothing stored.
+    let mut other = message_to("SG");
+    other["subject"] = json!("AU.abn0000000000.another-certificate");
+    let (status, _, body) = post_with_key(http, &au_url, &other, Some("AU:coo-1")).await;
+    assert_eq!(status, 409);
+    assert_eq!(
+        body,
+        json!({"Idempotency-Key": [format!("Already used for a different message (id {id}).")]})
+    );
+
+    // Without a header, a forwarded sender_ref is the key ({sender}:{sender_ref}); the header
+    // and the derived key name the same thing.
+    let mut with_ref = message_to("SG");
+    with_ref["sender_ref"] = json!("coo-3");
+    let (_, _, third) = post_with_key(http, &au_url, &with_ref, None).await;
+    let (_, replayed, again) = post_with_key(http, &au_url, &with_ref, None).await;
+    assert_eq!(
+        (again["id"].clone(), replayed.as_deref()),
+        (third["id"].clone(), Some("true"))
+    );
+    let (_, _, keyed) = post_with_key(http, &au_url, &with_ref, Some("AU:coo-3")).await;
+    assert_eq!(keyed["id"], third["id"]);
+    let mut changed = with_ref.clone();
+    changed["obj"] = json!("https://example.org/another");
+    let (status, _, body) = post_with_key(http, &au_url, &changed, None).await;
+    assert_eq!(status, 409);
+    assert!(body["sender_ref"].is_array(), "{body}");
+
+    // Keys are the sender's: SG may use the same one for its own message.
+    let mut from_sg = message_to("AU");
+    from_sg["sender"] = json!("SG");
+    let (status, replayed, _) =
+        post_with_key(http, &pair.sg.url(), &from_sg, Some("AU:coo-1")).await;
+    assert_eq!((status, replayed), (201, None));
+
+    // Posts without any key are never merged (the reference behaviour).
+    let before = sent_by_au(http, &au_url).await.len();
+    post_message(http, &au_url, &message_to("SG")).await;
+    post_message(http, &au_url, &message_to("SG")).await;
+    assert_eq!(sent_by_au(http, &au_url).await.len(), before + 2);
+
+    // A withdrawn message does not hold its key: posting it again is a new post (how a
+    // node re-posts a revoked message), and the new message takes over the key.
+    let revoked = http
+        .put(format!("{au_url}/messages/{id}/status"))
+        .form(&[("status", "revoked")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 200);
+    let (status, replayed, reposted) =
+        post_with_key(http, &au_url, &message_to("SG"), Some("AU:coo-1")).await;
+    assert_eq!((status, replayed), (201, None));
+    let reposted = reposted["id"].as_i64().unwrap();
+    assert!(reposted > id);
+    let (_, replayed, again) =
+        post_with_key(http, &au_url, &message_to("SG"), Some("AU:coo-1")).await;
+    assert_eq!(
+        (again["id"].as_i64(), replayed.as_deref()),
+        (Some(reposted), Some("true"))
+    );
+
+    // Bad keys are refused.
+    for key in ["", " ", &"k".repeat(256)] {
+        let (status, _, body) = post_with_key(http, &au_url, &message_to("SG"), Some(key)).await;
+        assert_eq!(status, 400, "{key:?}");
+        assert!(body["Idempotency-Key"].is_array(), "{body}");
+    }
+
+    // SG's subscriber was told about each AU→SG message once: 2 keyed, 1 by sender_ref,
+    // 1 re-posted, 2 without a key.
+    subscriber.wait_for_deliveries(6).await;
+    let queue = igl_core::QueueName::parse("channel-deliver.sg").unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let depth = pair.sg_state.depth(&queue).await.unwrap();
+        if depth.ready + depth.scheduled + depth.in_flight == 0 {
+            assert_eq!(depth.dead, 0, "{depth:?}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{depth:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        subscriber.deliveries().len(),
+        6,
+        "{:?}",
+        subscriber.deliveries()
+    );
+    pair.stop().await;
+}
+
+#[tokio::test]
+async fn repeated_posts_return_the_stored_message_on_sqlite() {
+    repeated_posts_return_the_stored_message(Backend::sqlite()).await;
+}
+
+#[tokio::test]
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+async fn repeated_posts_return_the_stored_message_on_postgres() {
+    let url = std::env::var("IGL_TEST_POSTGRES_URL").expect("IGL_TEST_POSTGRES_URL");
+    repeated_posts_return_the_stored_message(Backend::postgres(&url)).await;
+}
+
+#[tokio::test]
+async fn errors_use_the_reference_bodies() {
+    let pair = Pair::start(Backend::sqlite()).await;
+    let http = &pair.http;
+    let au_url = pair.au.url();
+
+    // Werkzeug's JSON for paths and methods the API does not serve.
+    let (status, body) = get_json(http, &format!("{au_url}/no/such/path")).await;
+    assert_eq!(status, 404);
+    assert_eq!(body["code"], json!(404));
+    assert_eq!(body["name"], json!("Not Found"));
+    assert!(body["description"].is_string(), "{body}");
+    let response = http
+        .delete(format!("{au_url}/messages"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(
+        (body["code"].clone(), body["name"].clone()),
+        (json!(405), json!("Method Not Allowed"))
+    );
+
+    // A status PUT without a status: marshmallow's body.
+    let id = post_message(http, &au_url, &message_to("SG")).await;
+    let response = http
+        .put(format!("{au_url}/messages/{id}/status"))
+        .form(&[("other", "x")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+    assert_eq!(
+        response.json::<Value>().await.unwrap(),
+        json!({"status": ["Missing data for required field."]})
+    );
+    let (_, health) = get_json(http, &format!("{au_url}/healthz")).await;
+    assert_eq!(health, json!({"status": "ok"}));
+
+    // An unexpected failure (here the medium's table is gone): the reference's 500 body,
+    // without internals.
+    let medium = sqlx::SqlitePool::connect(&pair.backend.medium_url)
+        .await
+        .unwrap();
+    sqlx::query("ALTER TABLE channel_messages RENAME TO channel_messages_moved")
+        .execute(&medium)
+        .await
+        .unwrap();
+    let unexpected = json!({"success": false, "error": {
+        "type": "UnexpectedException",
+        "message": "An unexpected error has occurred.",
+        "details": null,
+    }});
+    let response = http
+        .post(format!("{au_url}/messages"))
+        .json(&message_to("SG"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 500);
+    assert_eq!(response.json::<Value>().await.unwrap(), unexpected);
+    let (status, body) = get_json(http, &format!("{au_url}/messages/{id}")).await;
+    assert_eq!((status, body), (500, unexpected));
+    sqlx::query("ALTER TABLE channel_messages_moved RENAME TO channel_messages")
+        .execute(&medium)
+        .await
+        .unwrap();
+    medium.close().await;
+    let (status, _) = get_json(http, &format!("{au_url}/messages/{id}")).await;
+    assert_eq!(status, 200, "back once the table is back");
+    pair.stop().await;
+}

@@ -26,12 +26,15 @@
 //! - `auth`: the `[auth]` section ([`AuthSettings`]): static tokens, JWT validation,
 //!   anonymous and legacy document access. **Its default accepts nobody** (every
 //!   authenticated request gets 401).
+//! - `channel_endpoint`: the `[channel_endpoint]` section ([`ChannelEndpointSettings`]) of
+//!   `igl channel`, our shared-db channel endpoint as a process.
 //! - `component`: [`Component`], every API and worker of the binary.
 //! - `secret`: [`SecretString`] and [`redact_url`], so `Debug` of settings is safe to log.
 //! - `error`: [`ConfigError`] and [`ConfigProblem`].
 #![warn(missing_docs)]
 
 mod auth;
+mod channel_endpoint;
 mod channels;
 mod component;
 mod error;
@@ -46,6 +49,7 @@ pub use auth::{
     AuthSettings, JwtKeySource, JwtSettings, MAX_LEEWAY_SECS, MIN_HS256_SECRET_LEN,
     MIN_JWKS_REFRESH_SECS, MIN_STATIC_TOKEN_LEN, StaticTokenSettings,
 };
+pub use channel_endpoint::ChannelEndpointSettings;
 pub use channels::{ChannelFieldFilter, ChannelSettings};
 pub use component::{Component, ParseComponentError};
 pub use error::{ConfigError, ConfigProblem};

@@ -15,6 +15,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use crate::auth::AuthSettings;
+use crate::channel_endpoint::ChannelEndpointSettings;
 use crate::channels::ChannelSettings;
 use crate::component::Component;
 use crate::hub::HubSettings;
@@ -52,6 +53,9 @@ pub struct Settings {
     pub hub: HubSettings,
     /// The channels this node exchanges messages over (`[[channels]]`).
     pub channels: Vec<ChannelSettings>,
+    /// Our shared-db channel endpoint, when this process is `igl channel`
+    /// (`[channel_endpoint]`); a node ignores it.
+    pub channel_endpoint: ChannelEndpointSettings,
     /// Other jurisdictions' Document APIs, for the object spider (`[jurisdictions.<CODE>]`),
     /// keyed by upper-case code; see [`JurisdictionSettings`].
     #[serde(deserialize_with = "crate::jurisdictions::deserialize")]
@@ -77,6 +81,7 @@ impl Default for Settings {
             auth: AuthSettings::default(),
             hub: HubSettings::default(),
             channels: Vec::new(),
+            channel_endpoint: ChannelEndpointSettings::default(),
             jurisdictions: BTreeMap::new(),
             log: LogSettings::default(),
             components: Component::all().to_vec(),

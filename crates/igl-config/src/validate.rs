@@ -32,6 +32,14 @@ impl Settings {
         problems.0.extend(self.auth.problems());
         problems.0.extend(crate::channels::problems(&self.channels));
         problems.0.extend(self.hub.problems());
+        problems.0.extend(
+            self.channel_endpoint
+                .problems(database_url_problem, |schema| {
+                    (!is_schema_identifier(schema)).then(|| {
+                format!("{schema:?} is not a valid schema name (expected [a-z_][a-z0-9_]{{0,62}})")
+            })
+                }),
+        );
         problems
             .0
             .extend(crate::jurisdictions::problems(&self.jurisdictions));

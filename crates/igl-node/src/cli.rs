@@ -44,6 +44,8 @@ pub enum Command {
     Migrate,
     /// Run the node (every enabled component) until SIGINT or SIGTERM.
     Node(NodeArgs),
+    /// Run our shared-db channel endpoint (`[channel_endpoint]`) until SIGINT or SIGTERM.
+    Channel(ChannelArgs),
     /// Run a benchmark and print its figures (see docs/benchmarks.md).
     Bench {
         /// Which benchmark.
@@ -104,6 +106,44 @@ pub struct NodeArgs {
     /// With --dev: the address of the HTTP APIs (default: http.bind).
     #[arg(long, value_name = "ADDR", requires = "dev")]
     pub listen: Option<std::net::SocketAddr>,
+}
+
+/// Arguments of `igl channel`; each overrides its `[channel_endpoint]` key.
+#[derive(Debug, Args)]
+pub struct ChannelArgs {
+    /// The jurisdiction the endpoint serves (`channel_endpoint.jurisdiction`).
+    #[arg(long, value_name = "CODE")]
+    pub jurisdiction: Option<String>,
+
+    /// The shared medium: `postgres://…` or `sqlite://FILE` (`channel_endpoint.medium_url`).
+    #[arg(long, value_name = "URL")]
+    pub medium: Option<String>,
+
+    /// The endpoint's own state database (`channel_endpoint.state_url`).
+    #[arg(long, value_name = "URL")]
+    pub state: Option<String>,
+
+    /// The listen address of the Channel API (`channel_endpoint.listen`).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// The URL advertised in `Link` headers (`channel_endpoint.public_url`).
+    #[arg(long, value_name = "URL")]
+    pub public_url: Option<String>,
+
+    /// A receiver this channel reaches; repeat for several (`channel_endpoint.peers`).
+    #[arg(long = "peer", value_name = "CODE", value_delimiter = ',')]
+    pub peers: Vec<String>,
+
+    /// Development: accept subscription callbacks on loopback and private addresses
+    /// (`channel_endpoint.allow_loopback_callbacks = true`).
+    #[arg(long)]
+    pub dev: bool,
+
+    /// Validate the configuration, print the endpoint's settings and exit (exit code 2 and
+    /// every problem on stderr when invalid).
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// Accepts exactly the names of [`Component::all`], listing them in `--help` and in errors.

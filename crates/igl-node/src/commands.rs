@@ -11,7 +11,7 @@ use igl_config::{ConfigError, LogFormat, ObjectStoreSettings, Settings};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
-use crate::cli::{BenchCommand, Cli, Command, ConfigCommand, NodeArgs};
+use crate::cli::{BenchCommand, ChannelArgs, Cli, Command, ConfigCommand, NodeArgs};
 use crate::{bench, run, shutdown, telemetry};
 
 /// How long the runtime waits for blocking tasks after a command returns.
@@ -122,6 +122,7 @@ pub fn execute(cli: Cli, env: ProcessEnv) -> Result<(), CommandError> {
         }
         Command::Migrate => migrate(settings, &env),
         Command::Node(args) => node(settings, args, &env),
+        Command::Channel(args) => channel(settings, args, cli.config.as_deref(), &env),
         Command::Bench { benchmark } => {
             init_logging(&settings, &env)?;
             let log_format = settings.log.format;
@@ -277,6 +278,83 @@ fn node(mut settings: Settings, args: NodeArgs, env: &ProcessEnv) -> Result<(), 
         if let (Some(token), Some(addr)) = (&dev_token, running.http_addr) {
             print_dev_banner(&jurisdiction, addr, token);
         }
+        running.wait().await
+    })
+    .map_err(|error| CommandError::runtime(error, log_format))
+}
+
+/// `igl channel`: runs the shared-db channel endpoint until SIGINT or SIGTERM; with
+/// `--check`, validates and prints its settings instead.
+fn channel(
+    mut settings: Settings,
+    args: ChannelArgs,
+    config_file: Option<&Path>,
+    env: &ProcessEnv,
+) -> Result<(), CommandError> {
+    let endpoint = &mut settings.channel_endpoint;
+    if let Some(jurisdiction) = args.jurisdiction {
+        endpoint.jurisdiction = Some(jurisdiction);
+    }
+    if let Some(medium) = args.medium {
+        endpoint.medium_url = Some(igl_config::SecretString::new(medium));
+    }
+    if let Some(state) = args.state {
+        endpoint.state_url = Some(igl_config::SecretString::new(state));
+    }
+    if let Some(listen) = args.listen {
+        endpoint.listen = listen;
+    }
+    if let Some(public_url) = args.public_url {
+        endpoint.public_url = Some(public_url);
+    }
+    if !args.peers.is_empty() {
+        endpoint.peers = args.peers;
+    }
+    if args.dev {
+        endpoint.allow_loopback_callbacks = true;
+    }
+    settings.validate().map_err(CommandError::Config)?;
+    if args.check {
+        telemetry::build_filter(&settings.log, env.get("RUST_LOG"))
+            .map_err(|problem| CommandError::Config(ConfigError::Invalid(vec![problem])))?;
+        let config_file = config_file.map_or_else(
+            || "none (built-in defaults and environment)".to_owned(),
+            |path| path.display().to_string(),
+        );
+        let summary = format!(
+            "configuration is valid\n  config file:      {config_file}\n  channel endpoint: {}\n  callbacks:        {}\n",
+            settings
+                .channel_endpoint
+                .summary(&settings.node.data_dir, &settings.node.jurisdiction),
+            if settings.channel_endpoint.allow_loopback_callbacks {
+                "loopback and private addresses allowed"
+            } else {
+                "public addresses only"
+            },
+        );
+        return io::stdout()
+            .write_all(summary.as_bytes())
+            .context("failed to write the summary to stdout")
+            .map_err(|error| CommandError::runtime(error, settings.log.format));
+    }
+    init_logging(&settings, env)?;
+    let log_format = settings.log.format;
+    block_on(async move {
+        let shutdown = CancellationToken::new();
+        shutdown::spawn_signal_listener(shutdown.clone())?;
+        info!(
+            version = env!("CARGO_PKG_VERSION"),
+            endpoint = %settings
+                .channel_endpoint
+                .summary(&settings.node.data_dir, &settings.node.jurisdiction),
+            "starting channel endpoint"
+        );
+        let running = igl_node::channel::start_channel(&settings, None, shutdown).await?;
+        // One parseable line on stdout once the listener is bound (port 0 gets its port).
+        println!(
+            "igl channel {} listening on http://{} (public url {})",
+            running.jurisdiction, running.addr, running.public_url
+        );
         running.wait().await
     })
     .map_err(|error| CommandError::runtime(error, log_format))

@@ -9,6 +9,7 @@ use anyhow::Context;
 use igl_api::auth::{Authenticator, StaticToken};
 use igl_api::{AppContext, EnabledApis};
 use igl_config::{Component, DatabaseBackend, ObjectStoreSettings, Settings};
+use igl_core::channel::Channels;
 use igl_core::ingest::{IngestConfig, MessageIngest};
 use igl_core::pipeline::{
     CHANNEL_MESSAGE_QUEUE, CHANNEL_POLL_QUEUE, DELIVER_QUEUE, OBJECT_RETRIEVAL_QUEUE,
@@ -20,8 +21,8 @@ use igl_store::objects::ObjectLake;
 use igl_store::{DatabaseOptions, open_storage};
 use igl_websub::{Deliver, Spread, VerifyIntent};
 use igl_workers::handlers::{
-    DocumentSource, FetchObject, HttpChannelApi, PollChannel, ProcessMessage,
-    RetrieveChannelMessage, RouteMessage, SpiderConfig,
+    DocumentSource, FetchObject, PollChannel, ProcessMessage, RetrieveChannelMessage, RouteMessage,
+    SpiderConfig,
 };
 use igl_workers::{ChannelSubscriptions, SubscriberConfig};
 use igl_workers::{JobHandler, RetryPolicy, WorkerConfig, WorkerSet};
@@ -121,26 +122,13 @@ fn pipeline_handlers(
     backends: &Backends,
     jurisdiction: Jurisdiction,
     hub: &igl_websub::HubConfig,
+    channels: &Arc<Channels>,
 ) -> anyhow::Result<Handlers> {
     let storage = backends.storage.clone();
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .build()
         .context("cannot build the HTTP client")?;
-    let channels = Arc::new(
-        igl_channels::client::build_channels(
-            &settings.channels,
-            igl_channels::client::HttpClientConfig::default(),
-        )
-        .context("cannot set up the channels")?,
-    );
-    let channel_api = HttpChannelApi::new(
-        settings
-            .channels
-            .iter()
-            .map(|channel| (channel.id.clone(), channel.url.clone())),
-    )
-    .context("cannot set up the channel reader")?;
     let mut sources = Vec::new();
     for (code, source) in &settings.jurisdictions {
         let code = Jurisdiction::parse(code)
@@ -187,14 +175,14 @@ fn pipeline_handlers(
     add(
         CHANNEL_POLL_QUEUE,
         Component::ChannelPoller,
-        Arc::new(PollChannel::new(storage.clone(), channels)),
+        Arc::new(PollChannel::new(storage.clone(), channels.clone())),
     );
     add(
         CHANNEL_MESSAGE_QUEUE,
         Component::Retriever,
         Arc::new(RetrieveChannelMessage::new(
             storage.clone(),
-            Arc::new(channel_api),
+            channels.clone(),
             jurisdiction,
         )),
     );
@@ -289,7 +277,16 @@ pub async fn start(
         timeout: Duration::from_secs(settings.hub.timeout_secs),
     };
 
-    let handlers = pipeline_handlers(&settings, &backends, jurisdiction, &hub)?;
+    // One client per channel (with its timeouts and circuit breaker), shared by the
+    // router, the poller, the retriever and the subscriber.
+    let channels = Arc::new(
+        igl_channels::client::build_channels(
+            &settings.channels,
+            igl_channels::client::HttpClientConfig::default(),
+        )
+        .context("cannot set up the channels")?,
+    );
+    let handlers = pipeline_handlers(&settings, &backends, jurisdiction, &hub, &channels)?;
     let mut workers = WorkerSet::new(&shutdown);
     for (queue, (component, handler)) in &handlers {
         if settings.is_enabled(*component) {
@@ -306,13 +303,6 @@ pub async fn start(
     if settings.is_enabled(Component::ChannelSubscriber) && !settings.channels.is_empty() {
         match &public_url {
             Some(public_url) => {
-                let api = HttpChannelApi::new(
-                    settings
-                        .channels
-                        .iter()
-                        .map(|c| (c.id.clone(), c.url.clone())),
-                )
-                .context("cannot set up the channel subscriber")?;
                 let config = SubscriberConfig::new(
                     jurisdiction,
                     public_url.clone(),
@@ -323,7 +313,7 @@ pub async fn start(
                         .collect::<Vec<_>>(),
                 );
                 let queue: Arc<dyn JobQueue> = backends.storage.clone();
-                let subscriber = ChannelSubscriptions::new(Arc::new(api), queue, config);
+                let subscriber = ChannelSubscriptions::new(channels.clone(), queue, config);
                 let stop = shutdown.child_token();
                 tasks.spawn(async move {
                     subscriber.run(stop).await;

@@ -317,3 +317,180 @@ fn node_stops_cleanly_on_sigterm() {
         "{seen:#?}"
     );
 }
+
+/// `examples/channel.toml` of the repository.
+fn channel_example() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/channel.toml")
+}
+
+#[test]
+fn the_channel_example_configuration_is_valid() {
+    let sandbox = Sandbox::new();
+    let (code, stdout, stderr) = run(sandbox
+        .igl()
+        .args(["channel", "--check", "--config"])
+        .arg(channel_example()));
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(
+        stdout.contains("channel endpoint: AU on 127.0.0.1:8180"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("peers SG"), "{stdout}");
+    let (code, _, stderr) = run(sandbox
+        .igl()
+        .args(["config", "check", "--config"])
+        .arg(channel_example()));
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(
+        !sandbox.path().join("data").exists(),
+        "a check must not create files"
+    );
+}
+
+#[test]
+fn an_invalid_channel_configuration_exits_2_and_hides_the_password() {
+    let sandbox = Sandbox::new();
+    let (code, _, stderr) = run(sandbox.igl().args([
+        "channel",
+        "--check",
+        "--jurisdiction",
+        "Australia",
+        "--medium",
+        "mysql://channel:medium-pw@db/channel",
+        "--peer",
+        "sg",
+    ]));
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("channel_endpoint.jurisdiction: \"Australia\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("channel_endpoint.medium_url: unsupported scheme \"mysql\""),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("channel_endpoint.peers: \"sg\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("medium-pw"), "{stderr}");
+}
+
+/// Reads lines of a child's pipe on a thread, so that waits have a deadline.
+fn line_reader(pipe: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (lines_tx, lines_rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines() {
+            let Ok(line) = line else { break };
+            if lines_tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    lines_rx
+}
+
+#[cfg(unix)]
+#[test]
+fn channel_serves_the_channel_api_and_stops_on_sigterm() {
+    let sandbox = Sandbox::new();
+    let medium = sandbox.path().join("medium.db");
+    let mut child = sandbox
+        .igl()
+        .args(["channel", "--dev", "--jurisdiction", "AU", "--peer", "SG"])
+        .args(["--listen", "127.0.0.1:0", "--medium"])
+        .arg(format!("sqlite://{}", medium.display()))
+        .env("IGL_NODE__DATA_DIR", sandbox.path().join("data"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn igl channel");
+    let stdout = line_reader(child.stdout.take().expect("piped stdout"));
+    let stderr = line_reader(child.stderr.take().expect("piped stderr"));
+
+    // The one stdout line names the bound address.
+    let line = match stdout.recv_timeout(Duration::from_secs(30)) {
+        Ok(line) => line,
+        Err(error) => {
+            let _ = child.kill();
+            let logs: Vec<String> = stderr.try_iter().collect();
+            panic!("no listening line ({error}); stderr: {logs:#?}");
+        }
+    };
+    let base = line
+        .split_whitespace()
+        .find(|word| word.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no URL in {line:?}"))
+        .to_owned();
+    assert!(line.starts_with("igl channel AU listening on "), "{line}");
+
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    runtime.block_on(async {
+        let http = reqwest::Client::new();
+        let health = http.get(format!("{base}/healthz")).send().await.unwrap();
+        assert_eq!(health.status(), 200);
+        let message = serde_json::json!({
+            "sender": "AU", "receiver": "SG", "subject": "AU.coo.cli-1",
+            "obj": "QmQtYtUS7K1AdKjbuMsmPmPGDLaKL38M5HYwqxW9RKW49n",
+            "predicate": "UN.CEFACT.Trade.CertificateOfOrigin.created",
+        });
+        let posted = http
+            .post(format!("{base}/messages"))
+            .header("Idempotency-Key", "AU:cli-1")
+            .json(&message)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 201);
+        let id = posted.json::<serde_json::Value>().await.unwrap()["id"].clone();
+        let read: serde_json::Value = http
+            .get(format!("{base}/messages/{id}"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            read,
+            serde_json::json!({"id": id, "status": "confirmed", "message": message})
+        );
+        // A receiver the channel does not reach is refused.
+        let mut to_nz = message.clone();
+        to_nz["receiver"] = "NZ".into();
+        let refused = http
+            .post(format!("{base}/messages"))
+            .json(&to_nz)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 400);
+        let metrics = http
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.contains("igl_queue_depth{queue=\"channel-deliver.au\",state=\"ready\"}"),
+            "{metrics}"
+        );
+    });
+
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success());
+    let exit = child.wait().expect("wait for igl channel");
+    let logs: Vec<String> = stderr.iter().collect();
+    assert_eq!(exit.code(), Some(0), "{logs:#?}");
+    assert!(
+        logs.iter()
+            .any(|line| line.contains("channel endpoint stopped")),
+        "{logs:#?}"
+    );
+    assert!(medium.is_file(), "the medium is the given SQLite file");
+}

@@ -35,7 +35,5 @@ pub use error::WorkerError;
 pub use handler::{Handled, JobError, JobHandler};
 pub use retry::RetryPolicy;
 pub use runtime::{DrainReport, drain, run_worker};
-pub use subscriber::{
-    ChannelSubscriber, ChannelSubscriptions, SubscriberConfig, SubscriptionRequest,
-};
+pub use subscriber::{ChannelSubscriptions, SubscriberConfig, SubscriptionRequest};
 pub use supervisor::WorkerSet;

@@ -21,9 +21,9 @@
 //! After every successful subscription the loop lists
 //! `GET {base}/messages?receiver=<own>[&after_id=<last id seen>]` and queues a
 //! `channel-message.v1` job per listed id (the same job a callback queues; the dedup key and
-//! the retriever's idempotent store make repeats harmless). The answer may be a JSON array
-//! or an object with a `messages` (or `data`/`items`) array; items are ids or objects with
-//! an `id`. Pages are followed with `after_id` until one is empty or makes no progress (at
+//! the retriever's idempotent store make repeats harmless). Calls go through the channel's
+//! [`ChannelClient`] (the one the router and retriever use), which accepts the listing
+//! shapes of `igl_channels::client` (an array, or an object with a `messages` array). Pages are followed with `after_id` until one is empty or makes no progress (at
 //! most [`SubscriberConfig::catch_up_max_pages`] per round). A channel without the listing
 //! (404, 405, 501: no reference channel has one) is skipped with an informational log.
 //! The cursor lives in memory only, so after a restart the first round lists the channel
@@ -33,24 +33,16 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+use igl_core::channel::{ChannelClient, ChannelError, Channels, ListQuery};
 use igl_core::pipeline::PipelineJob;
 use igl_core::{JobQueue, NewJob};
 use igl_domain::Jurisdiction;
 use rand::Rng as _;
-use reqwest::StatusCode;
-use reqwest::header::ACCEPT;
-use serde_json::Value;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::RetryPolicy;
-use crate::handlers::retrieve::{endpoint, id_text, read_json};
-use crate::handlers::{ChannelCallError, HttpChannelApi, HttpStatusError};
-
-/// The largest listing page read.
-const MAX_LISTING_BYTES: usize = 4 * 1024 * 1024;
 
 /// A WebSub subscription request to a channel's hub.
 #[derive(Clone, PartialEq, Eq)]
@@ -76,148 +68,27 @@ impl fmt::Debug for SubscriptionRequest {
     }
 }
 
-/// The subscribing half of the Channel API (REFERENCE-WIRE §5.1 items 2 and, for
-/// catch-up, the listing of ARCHITECTURE §7). Implementations time out every call.
-#[async_trait]
-pub trait ChannelSubscriber: Send + Sync + fmt::Debug {
-    /// Subscribes to the configured channel `channel_id`'s messages for `request.topic`.
-    ///
-    /// # Errors
-    ///
-    /// A [`ChannelCallError`].
-    async fn subscribe(
-        &self,
-        channel_id: &str,
-        request: &SubscriptionRequest,
-    ) -> Result<(), ChannelCallError>;
-
-    /// The ids of the channel's messages for `receiver` after `after_id` (all when
-    /// `None`), oldest first; `Ok(None)` when the channel has no listing.
-    ///
-    /// # Errors
-    ///
-    /// A [`ChannelCallError`].
-    async fn list_messages(
-        &self,
-        channel_id: &str,
-        receiver: Jurisdiction,
-        after_id: Option<&str>,
-    ) -> Result<Option<Vec<String>>, ChannelCallError>;
+/// Why a channel call of the subscriber failed.
+#[derive(Debug, thiserror::Error)]
+enum SubscribeError {
+    /// The channel id has no client (not in `[[channels]]`).
+    #[error("no channel with id {0:?} is configured")]
+    UnknownChannel(String),
+    /// The Channel API call failed.
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
 }
 
-#[async_trait]
-impl ChannelSubscriber for HttpChannelApi {
-    /// `POST {base}/messages/subscriptions/by_jurisdiction`, form-encoded; 2xx (the
-    /// reference channels answer 200 or 202) is success.
-    async fn subscribe(
-        &self,
-        channel_id: &str,
-        request: &SubscriptionRequest,
-    ) -> Result<(), ChannelCallError> {
-        let url = endpoint(
-            self.base(channel_id)?,
-            &["messages", "subscriptions", "by_jurisdiction"],
-        );
-        let lease_seconds = request.lease.as_secs().max(1).to_string();
-        let mut form = vec![
-            ("hub.mode", "subscribe"),
-            ("hub.callback", request.callback.as_str()),
-            ("hub.topic", request.topic.as_str()),
-            ("hub.lease_seconds", lease_seconds.as_str()),
-        ];
-        if let Some(secret) = &request.secret {
-            form.push(("hub.secret", secret.as_str()));
+/// Whether a listing refusal means "this channel has no listing" (404, 405, 501: no
+/// reference channel implements it).
+fn has_no_listing(error: &ChannelError) -> bool {
+    matches!(
+        error,
+        ChannelError::Refused {
+            status: 404 | 405 | 501,
+            ..
         }
-        let response = self
-            .client
-            .post(url.clone())
-            .form(&form)
-            .send()
-            .await
-            .map_err(ChannelCallError::Transport)?;
-        if response.status().is_success() {
-            Ok(())
-        } else {
-            Err(HttpStatusError::new("POST", &url, response.status(), response.headers()).into())
-        }
-    }
-
-    /// `GET {base}/messages?receiver=<code>[&after_id=<id>]`; 404, 405 and 501 mean the
-    /// channel has no listing.
-    async fn list_messages(
-        &self,
-        channel_id: &str,
-        receiver: Jurisdiction,
-        after_id: Option<&str>,
-    ) -> Result<Option<Vec<String>>, ChannelCallError> {
-        let mut url = endpoint(self.base(channel_id)?, &["messages"]);
-        {
-            let mut query = url.query_pairs_mut();
-            query.append_pair("receiver", receiver.as_str());
-            if let Some(after_id) = after_id {
-                query.append_pair("after_id", after_id);
-            }
-        }
-        let response = self
-            .client
-            .get(url.clone())
-            .header(ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(ChannelCallError::Transport)?;
-        let status = response.status();
-        if matches!(
-            status,
-            StatusCode::NOT_FOUND | StatusCode::METHOD_NOT_ALLOWED | StatusCode::NOT_IMPLEMENTED
-        ) {
-            return Ok(None);
-        }
-        if !status.is_success() {
-            return Err(HttpStatusError::new("GET", &url, status, response.headers()).into());
-        }
-        let body = read_json(response, MAX_LISTING_BYTES).await?;
-        parse_listing(body).map(Some)
-    }
-}
-
-/// The ids of a listing: an array, or an object with a `messages`, `data` or `items`
-/// array, of ids or objects with an `id`.
-fn parse_listing(body: Value) -> Result<Vec<String>, ChannelCallError> {
-    let items = match body {
-        Value::Array(items) => items,
-        Value::Object(mut object) => {
-            match ["messages", "data", "items"]
-                .iter()
-                .find_map(|key| match object.remove(*key) {
-                    Some(Value::Array(items)) => Some(items),
-                    _ => None,
-                }) {
-                Some(items) => items,
-                None => {
-                    return Err(ChannelCallError::InvalidAnswer(
-                        "the listing has no messages array".to_owned(),
-                    ));
-                }
-            }
-        }
-        _ => {
-            return Err(ChannelCallError::InvalidAnswer(
-                "the listing is not an array or object".to_owned(),
-            ));
-        }
-    };
-    items
-        .iter()
-        .map(|item| {
-            let id = match item {
-                Value::Object(object) => object.get("id"),
-                other => Some(other),
-            };
-            id.and_then(id_text).ok_or_else(|| {
-                ChannelCallError::InvalidAnswer(format!("listing item without an id: {item}"))
-            })
-        })
-        .collect()
+    )
 }
 
 /// How the subscriber works.
@@ -290,23 +161,69 @@ impl SubscriberConfig {
 /// The subscriber task; see the module documentation.
 #[derive(Debug, Clone)]
 pub struct ChannelSubscriptions {
-    subscriber: Arc<dyn ChannelSubscriber>,
+    channels: Arc<Channels>,
     queue: Arc<dyn JobQueue>,
     config: Arc<SubscriberConfig>,
 }
 
 impl ChannelSubscriptions {
-    /// A subscriber that talks to channels through `subscriber` (e.g. an
-    /// [`HttpChannelApi`]) and queues catch-up jobs on `queue`.
+    /// A subscriber that talks to channels through the clients of `channels` (the same
+    /// clients, timeouts and circuit breakers the router uses) and queues catch-up jobs on
+    /// `queue`.
     pub fn new(
-        subscriber: Arc<dyn ChannelSubscriber>,
+        channels: Arc<Channels>,
         queue: Arc<dyn JobQueue>,
         config: SubscriberConfig,
     ) -> Self {
         Self {
-            subscriber,
+            channels,
             queue,
             config: Arc::new(config),
+        }
+    }
+
+    fn client(&self, channel_id: &str) -> Result<&Arc<dyn ChannelClient>, SubscribeError> {
+        self.channels
+            .client(channel_id)
+            .ok_or_else(|| SubscribeError::UnknownChannel(channel_id.to_owned()))
+    }
+
+    /// Subscribes `request.callback` at the channel (WebSub, `by_jurisdiction`).
+    async fn subscribe(
+        &self,
+        channel_id: &str,
+        request: &SubscriptionRequest,
+    ) -> Result<(), SubscribeError> {
+        self.client(channel_id)?
+            .subscribe(
+                &request.callback,
+                &request.topic,
+                request.lease.max(Duration::from_secs(1)),
+                request.secret.as_deref(),
+            )
+            .await
+            .map_err(SubscribeError::from)
+    }
+
+    /// The ids of the channel's messages for `receiver` after `after_id` (all when
+    /// `None`), oldest first; `Ok(None)` when the channel has no listing.
+    async fn list_messages(
+        &self,
+        channel_id: &str,
+        receiver: Jurisdiction,
+        after_id: Option<&str>,
+    ) -> Result<Option<Vec<String>>, SubscribeError> {
+        let query = ListQuery {
+            receiver: Some(receiver),
+            after_id: after_id.map(str::to_owned),
+            ..ListQuery::default()
+        };
+        match self.client(channel_id)?.list_messages(&query).await {
+            Ok(page) => Ok(Some(
+                page.messages.into_iter().map(|listed| listed.id).collect(),
+            )),
+            Err(error) if has_no_listing(&error) => Ok(None),
+            Err(error) => Err(error.into()),
         }
     }
 
@@ -342,7 +259,7 @@ impl ChannelSubscriptions {
         let mut catch_up_state = CatchUp::default();
         loop {
             let round = async {
-                match self.subscriber.subscribe(&channel_id, &request).await {
+                match self.subscribe(&channel_id, &request).await {
                     Ok(()) => {
                         failures = 0;
                         info!(callback = %request.callback, lease_secs = request.lease.as_secs(), "subscribed to channel");
@@ -388,7 +305,6 @@ impl ChannelSubscriptions {
         let mut queued = 0usize;
         for _ in 0..self.config.catch_up_max_pages {
             let listed = self
-                .subscriber
                 .list_messages(channel_id, receiver, state.cursor.as_deref())
                 .await;
             let ids = match listed {
@@ -451,14 +367,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listings_in_several_shapes() {
-        let ids = |body: Value| parse_listing(body).unwrap();
-        assert_eq!(ids(serde_json::json!([1, "x"])), ["1", "x"]);
-        assert_eq!(ids(serde_json::json!([{"id": 3}, {"id": "4"}])), ["3", "4"]);
-        assert_eq!(ids(serde_json::json!({"messages": [{"id": 5}]})), ["5"]);
-        assert_eq!(ids(serde_json::json!({"data": [6]})), ["6"]);
-        assert!(parse_listing(serde_json::json!({"count": 1})).is_err());
-        assert!(parse_listing(serde_json::json!([{"status": "x"}])).is_err());
+    fn only_a_missing_route_means_no_listing() {
+        let refused = |status| ChannelError::Refused {
+            channel: "c".into(),
+            status,
+            detail: String::new(),
+        };
+        assert!(has_no_listing(&refused(404)));
+        assert!(has_no_listing(&refused(501)));
+        assert!(!has_no_listing(&refused(400)));
     }
 
     #[test]

@@ -13,6 +13,9 @@ use axum::extract::{Form, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use igl_channels::client::{
+    ChannelClient, Channels, HttpChannelClient, HttpClientConfig, routing::RoutingTable,
+};
 use igl_core::pipeline::{
     CHANNEL_MESSAGE_QUEUE, OBJECT_RETRIEVAL_QUEUE, PROCESS_QUEUE, PipelineJob,
 };
@@ -23,9 +26,7 @@ use igl_core::{
 use igl_domain::{Jurisdiction, MessageRef, MessageStatus, Multihash};
 use igl_store::SqliteStore;
 use igl_store::objects::ObjectLake;
-use igl_workers::handlers::{
-    DocumentSource, FetchObject, HttpChannelApi, RetrieveChannelMessage, SpiderConfig,
-};
+use igl_workers::handlers::{DocumentSource, FetchObject, RetrieveChannelMessage, SpiderConfig};
 use igl_workers::{
     ChannelSubscriptions, DrainReport, JobHandler, RetryPolicy, SubscriberConfig, WorkerConfig,
     drain,
@@ -171,6 +172,8 @@ struct ChannelState {
     /// The listing (ids, oldest first); `None`: no listing (404).
     listing: Option<Vec<u64>>,
     listing_queries: Vec<HashMap<String, String>>,
+    /// Answer every `GET /messages/{id}` with 503.
+    unavailable: bool,
 }
 
 #[derive(Clone, Default)]
@@ -206,6 +209,9 @@ impl FakeChannel {
 async fn get_message(State(channel): State<FakeChannel>, Path(id): Path<String>) -> Response {
     let mut state = channel.0.lock().unwrap();
     state.fetches += 1;
+    if state.unavailable {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
     match state.messages.get(&id) {
         Some(answer) => axum::Json(answer.clone()).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -256,11 +262,24 @@ fn message_json(sender: &str, receiver: &str) -> Value {
     })
 }
 
+/// The channels `(id, base URL)`, each with the real HTTP client (2 s per call).
+fn channels<'a>(endpoints: impl IntoIterator<Item = (&'a str, String)>) -> Arc<Channels> {
+    let config = HttpClientConfig {
+        request_timeout: Duration::from_secs(2),
+        ..HttpClientConfig::default()
+    };
+    let clients = endpoints.into_iter().map(|(id, base)| {
+        let client: Arc<dyn ChannelClient> =
+            Arc::new(HttpChannelClient::new(id, &base, config).unwrap());
+        client
+    });
+    Arc::new(Channels::new(RoutingTable::default(), clients).unwrap())
+}
+
 async fn retriever(node: &Node, channel: &FakeChannel) -> Arc<dyn JobHandler> {
     let base = channel.start().await;
-    let api = HttpChannelApi::new([(CHANNEL.to_owned(), base)]).unwrap();
     Arc::new(
-        RetrieveChannelMessage::new(node.storage(), Arc::new(api), sg())
+        RetrieveChannelMessage::new(node.storage(), channels([(CHANNEL, base)]), sg())
             .with_unconfirmed_backoff(Duration::from_millis(20), Duration::from_millis(20)),
     )
 }
@@ -431,6 +450,53 @@ async fn a_revoked_message_is_dropped_and_acked() {
         node.depth(&CHANNEL_MESSAGE_QUEUE).await,
         QueueDepth::default()
     );
+}
+
+#[tokio::test]
+async fn a_failing_channel_opens_its_circuit_without_holding_up_another() {
+    let node = Node::new().await;
+    let failing = FakeChannel::default();
+    failing.0.lock().unwrap().unavailable = true;
+    let healthy = FakeChannel::default();
+    healthy.put(1, "confirmed", message_json("AU", "SG"));
+    let (failing_url, healthy_url) = (failing.start().await, healthy.start().await);
+    let handler: Arc<dyn JobHandler> = Arc::new(RetrieveChannelMessage::new(
+        node.storage(),
+        channels([("failing", failing_url), ("healthy", healthy_url)]),
+        sg(),
+    ));
+    for id in 1..=6 {
+        node.enqueue(PipelineJob::ChannelMessageV1 {
+            channel_id: "failing".to_owned(),
+            message_id: id.to_string(),
+        })
+        .await;
+    }
+    node.enqueue(PipelineJob::ChannelMessageV1 {
+        channel_id: "healthy".to_owned(),
+        message_id: "1".to_owned(),
+    })
+    .await;
+    // One job at a time, so the breaker sees each failure before the next call.
+    let config = WorkerConfig {
+        concurrency: 1,
+        claim_batch: 1,
+        retry: RetryPolicy {
+            max_attempts: 10,
+            base_delay: Duration::from_secs(60),
+            max_delay: Duration::from_secs(60),
+        },
+        ..WorkerConfig::new(CHANNEL_MESSAGE_QUEUE)
+    };
+    let report = drain(&node.queue(), &handler, &config).await.unwrap();
+    assert_eq!((report.done, report.retried), (1, 6), "{report:?}");
+    // Five failures opened the failing channel's circuit: the sixth call never left.
+    assert_eq!(failing.0.lock().unwrap().fetches, 5);
+    let messages = node.all_messages().await;
+    assert_eq!(messages.len(), 1);
+    assert_eq!(messages[0].sender_ref.as_str(), "healthy.1");
+    let depth = node.depth(&CHANNEL_MESSAGE_QUEUE).await;
+    assert_eq!((depth.scheduled, depth.dead), (6, 0), "{depth:?}");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -793,15 +859,11 @@ async fn the_subscriber_subscribes_renews_and_survives_a_channel_that_is_down() 
     let closed_url = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
 
-    let api = HttpChannelApi::with_timeout(
-        [
-            ("healthy".to_owned(), healthy_url),
-            ("flaky".to_owned(), flaky_url),
-            ("closed".to_owned(), closed_url),
-        ],
-        Duration::from_secs(2),
-    )
-    .unwrap();
+    let api = channels([
+        ("healthy", healthy_url),
+        ("flaky", flaky_url),
+        ("closed", closed_url),
+    ]);
     let mut config = SubscriberConfig::new(
         sg(),
         "http://sg.example:8080/",
@@ -814,7 +876,7 @@ async fn the_subscriber_subscribes_renews_and_survives_a_channel_that_is_down() 
         base_delay: Duration::from_millis(10),
         max_delay: Duration::from_millis(40),
     };
-    let subscriptions = ChannelSubscriptions::new(Arc::new(api), node.queue(), config);
+    let subscriptions = ChannelSubscriptions::new(api, node.queue(), config);
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(subscriptions.run(shutdown.clone()));
 

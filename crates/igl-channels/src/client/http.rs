@@ -20,6 +20,10 @@ use super::breaker::{CircuitBreaker, CircuitBreakerConfig};
 /// The largest response body read from a channel; a longer one is an invalid response.
 pub const MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 
+/// The header that makes a post idempotent on endpoints that support it (ours); its value
+/// is the message reference `{sender}:{sender_ref}`.
+pub const IDEMPOTENCY_KEY_HEADER: &str = "Idempotency-Key";
+
 /// How much of an error body is kept in [`ChannelError::Refused`].
 const DETAIL_CHARS: usize = 200;
 
@@ -328,16 +332,24 @@ impl ChannelClient for HttpChannelClient {
     }
 
     async fn post_message(&self, content: &MessageContent) -> Result<ChannelReceipt, ChannelError> {
-        self.post(content, None).await
+        self.post(content, None, None).await
     }
 
+    /// Sends `Idempotency-Key: {sender}:{sender_ref}` whether or not the body carries
+    /// `sender_ref`: our endpoint answers a repeated post with the message it already
+    /// stored; reference endpoints ignore the header.
     async fn post_message_with_ref(
         &self,
         content: &MessageContent,
         sender_ref: &igl_domain::SenderRef,
     ) -> Result<ChannelReceipt, ChannelError> {
-        self.post(content, self.forward_sender_ref.then_some(sender_ref))
-            .await
+        let key = format!("{}:{}", content.sender, sender_ref);
+        self.post(
+            content,
+            self.forward_sender_ref.then_some(sender_ref),
+            Some(&key),
+        )
+        .await
     }
 
     async fn message_status(&self, id: &str) -> Result<RemoteStatus, ChannelError> {
@@ -425,11 +437,13 @@ impl ChannelClient for HttpChannelClient {
 }
 
 impl HttpChannelClient {
-    /// `POST {base}/messages` with the five fields and, when given, `sender_ref`.
+    /// `POST {base}/messages` with the five fields and, when given, `sender_ref` in the
+    /// body and the [`IDEMPOTENCY_KEY_HEADER`].
     async fn post(
         &self,
         content: &MessageContent,
         sender_ref: Option<&igl_domain::SenderRef>,
+        idempotency_key: Option<&str>,
     ) -> Result<ChannelReceipt, ChannelError> {
         let mut body = serde_json::json!({
             "sender": content.sender.as_str(),
@@ -441,7 +455,10 @@ impl HttpChannelClient {
         if let Some(sender_ref) = sender_ref {
             body["sender_ref"] = serde_json::Value::from(sender_ref.as_str());
         }
-        let request = self.http.post(self.endpoint(&["messages"])).json(&body);
+        let mut request = self.http.post(self.endpoint(&["messages"])).json(&body);
+        if let Some(key) = idempotency_key {
+            request = request.header(IDEMPOTENCY_KEY_HEADER, key);
+        }
         let (_, body) = self.call(request, Target::Collection).await?;
         let object = self.json_object(&body)?;
         let id = object

@@ -14,7 +14,10 @@ mod http;
 mod settings;
 
 pub use breaker::{CIRCUIT_OPEN_GAUGE, CallPermit, CircuitBreaker, CircuitBreakerConfig};
-pub use http::{HttpChannelClient, HttpClientConfig, HttpClientError, MAX_RESPONSE_BYTES};
+pub use http::{
+    HttpChannelClient, HttpClientConfig, HttpClientError, IDEMPOTENCY_KEY_HEADER,
+    MAX_RESPONSE_BYTES,
+};
 pub use igl_core::channel::{
     ChannelClient, ChannelError, ChannelMessage, ChannelPage, ChannelReceipt, Channels,
     CircuitState, ListQuery, ListedMessage, MissingClient, RemoteStatus, routing,

@@ -23,6 +23,30 @@ pub(crate) struct WireMessage {
     pub(crate) sender_ref: Option<String>,
 }
 
+/// A message to post, with the poster's idempotency key when it gave one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Post {
+    pub(crate) message: WireMessage,
+    /// Unique per sender: a second post with the same key is answered with the first
+    /// post's message instead of storing another.
+    pub(crate) idempotency_key: Option<String>,
+}
+
+/// The statuses of a message withdrawn from the channel: a post with its idempotency key
+/// is a new post, not a repetition.
+const WITHDRAWN: [&str; 2] = ["revoked", "undeliverable"];
+
+/// What became of a post.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PostOutcome {
+    /// Stored as a new message with this id.
+    Created(i64),
+    /// The key was used before for the same content: the message already stored.
+    Existing(i64),
+    /// The key was used before for different content (message `id`): nothing stored.
+    Conflict(i64),
+}
+
 /// A message on the medium.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct StoredMessage {
@@ -115,42 +139,101 @@ pub(crate) struct Medium {
 }
 
 impl Medium {
-    /// Inserts `messages` as `confirmed` in one transaction holding the medium's write lock;
-    /// returns their ids in input order.
+    /// Inserts `posts` as `confirmed` in one transaction holding the medium's write lock;
+    /// returns what became of each, in input order. A post whose idempotency key the
+    /// sender already used (earlier, or earlier in the same batch) is not inserted again:
+    /// it is [`PostOutcome::Existing`] when the stored message has the same content, else
+    /// [`PostOutcome::Conflict`]. Except when that message was withdrawn (`revoked`,
+    /// `undeliverable`): then the post is the sender posting it again, and it is stored as
+    /// a new message that takes over the key.
     pub(crate) async fn insert_batch(
         &self,
-        messages: &[WireMessage],
-    ) -> Result<Vec<i64>, sqlx::Error> {
-        let sql: Arc<str> = self
+        posts: &[Post],
+    ) -> Result<Vec<PostOutcome>, sqlx::Error> {
+        let insert: Arc<str> = self
             .db
             .sql(
                 "INSERT INTO channel_messages \
-                 (sender, receiver, subject, obj, predicate, sender_ref, status, created_at, \
-                 updated_at) \
-                 SELECT $1, $2, $3, $4, $5, $6, 'confirmed', t.now, t.now \
-                 FROM (SELECT {now} AS now) t RETURNING id",
+                 (sender, receiver, subject, obj, predicate, sender_ref, idempotency_key, \
+                 status, created_at, updated_at) \
+                 SELECT $1, $2, $3, $4, $5, $6, $7, 'confirmed', t.now, t.now \
+                 FROM (SELECT {now} AS now) t WHERE true \
+                 ON CONFLICT (sender, idempotency_key) DO NOTHING RETURNING id",
             )
             .0
             .into();
-        let ids: Result<Vec<i64>, sqlx::Error> = in_write_transaction!(&self.db, |tx| {
-            let mut ids = Vec::with_capacity(messages.len());
-            for message in messages {
-                let id: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(sql.clone()))
-                    .bind(&message.sender)
-                    .bind(&message.receiver)
-                    .bind(&message.subject)
-                    .bind(&message.obj)
-                    .bind(&message.predicate)
-                    .bind(&message.sender_ref)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                ids.push(id);
-            }
-            Ok::<_, sqlx::Error>(ids)
-        });
-        let ids = ids?;
-        self.signal.committed();
-        Ok(ids)
+        let existing: Arc<str> = format!(
+            "SELECT {MESSAGE_COLUMNS} FROM channel_messages \
+             WHERE sender = $1 AND idempotency_key = $2"
+        )
+        .into();
+        let outcomes: Result<Vec<PostOutcome>, sqlx::Error> =
+            in_write_transaction!(&self.db, |tx| {
+                let mut outcomes = Vec::with_capacity(posts.len());
+                for post in posts {
+                    let message = &post.message;
+                    let id: Option<i64> = sqlx::query_scalar(sqlx::AssertSqlSafe(insert.clone()))
+                        .bind(&message.sender)
+                        .bind(&message.receiver)
+                        .bind(&message.subject)
+                        .bind(&message.obj)
+                        .bind(&message.predicate)
+                        .bind(&message.sender_ref)
+                        .bind(&post.idempotency_key)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                    let outcome = match id {
+                        Some(id) => PostOutcome::Created(id),
+                        None => {
+                            let stored: MessageRow =
+                                sqlx::query_as(sqlx::AssertSqlSafe(existing.clone()))
+                                    .bind(&message.sender)
+                                    .bind(&post.idempotency_key)
+                                    .fetch_one(&mut *tx)
+                                    .await?;
+                            let stored = StoredMessage::from(stored);
+                            if stored.message != *message {
+                                PostOutcome::Conflict(stored.id)
+                            } else if WITHDRAWN.contains(&stored.status.as_str()) {
+                                // The post this key named was withdrawn: the sender posts
+                                // the message again (a revocation re-post). The key moves
+                                // to the new message.
+                                sqlx::query(
+                                    "UPDATE channel_messages SET idempotency_key = NULL \
+                                     WHERE id = $1",
+                                )
+                                .bind(stored.id)
+                                .execute(&mut *tx)
+                                .await?;
+                                let id: i64 =
+                                    sqlx::query_scalar(sqlx::AssertSqlSafe(insert.clone()))
+                                        .bind(&message.sender)
+                                        .bind(&message.receiver)
+                                        .bind(&message.subject)
+                                        .bind(&message.obj)
+                                        .bind(&message.predicate)
+                                        .bind(&message.sender_ref)
+                                        .bind(&post.idempotency_key)
+                                        .fetch_one(&mut *tx)
+                                        .await?;
+                                PostOutcome::Created(id)
+                            } else {
+                                PostOutcome::Existing(stored.id)
+                            }
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
+                Ok::<_, sqlx::Error>(outcomes)
+            });
+        let outcomes = outcomes?;
+        if outcomes
+            .iter()
+            .any(|outcome| matches!(outcome, PostOutcome::Created(_)))
+        {
+            self.signal.committed();
+        }
+        Ok(outcomes)
     }
 
     /// The message with `id`.
@@ -317,8 +400,8 @@ pub(crate) enum PostError {
 }
 
 struct Submission {
-    message: WireMessage,
-    reply: oneshot::Sender<Result<i64, Arc<sqlx::Error>>>,
+    post: Post,
+    reply: oneshot::Sender<Result<PostOutcome, Arc<sqlx::Error>>>,
 }
 
 /// Group commit of posted messages: the posts that arrive while a batch commits form the
@@ -331,7 +414,7 @@ pub(crate) struct PostWriter {
 impl std::fmt::Debug for Submission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Submission")
-            .field("message", &self.message)
+            .field("post", &self.post)
             .finish_non_exhaustive()
     }
 }
@@ -344,11 +427,11 @@ impl PostWriter {
         Self { submissions }
     }
 
-    /// Stores `message`; returns its id once committed.
-    pub(crate) async fn post(&self, message: WireMessage) -> Result<i64, PostError> {
+    /// Stores `post`; returns what became of it once committed.
+    pub(crate) async fn post(&self, post: Post) -> Result<PostOutcome, PostError> {
         let (reply, answer) = oneshot::channel();
         self.submissions
-            .send(Submission { message, reply })
+            .send(Submission { post, reply })
             .await
             .map_err(|_| PostError::Stopped)?;
         answer
@@ -368,18 +451,26 @@ async fn run_writer(
         if receiver.recv_many(&mut batch, max_batch).await == 0 {
             return;
         }
-        let messages: Vec<WireMessage> = batch.iter().map(|s| s.message.clone()).collect();
-        metrics::histogram!("igl_channel_post_batch_size").record(messages.len() as f64);
-        match medium.insert_batch(&messages).await {
-            Ok(ids) => {
-                metrics::counter!("igl_channel_messages_posted_total")
-                    .increment(messages.len() as u64);
-                for (submission, id) in batch.drain(..).zip(ids) {
-                    let _ = submission.reply.send(Ok(id));
+        let posts: Vec<Post> = batch.iter().map(|s| s.post.clone()).collect();
+        metrics::histogram!("igl_channel_post_batch_size").record(posts.len() as f64);
+        match medium.insert_batch(&posts).await {
+            Ok(outcomes) => {
+                let created = outcomes
+                    .iter()
+                    .filter(|outcome| matches!(outcome, PostOutcome::Created(_)))
+                    .count();
+                metrics::counter!("igl_channel_messages_posted_total").increment(created as u64);
+                let repeated = outcomes.len() - created;
+                if repeated > 0 {
+                    metrics::counter!("igl_channel_posts_repeated_total")
+                        .increment(repeated as u64);
+                }
+                for (submission, outcome) in batch.drain(..).zip(outcomes) {
+                    let _ = submission.reply.send(Ok(outcome));
                 }
             }
             Err(error) => {
-                tracing::warn!(error = %error, size = messages.len(), "message batch not committed");
+                tracing::warn!(error = %error, size = posts.len(), "message batch not committed");
                 let error = Arc::new(error);
                 for submission in batch.drain(..) {
                     let _ = submission.reply.send(Err(error.clone()));

@@ -32,6 +32,7 @@ const TOP_LEVEL_KEYS: &[&str] = &[
     "auth",
     "hub",
     "channels",
+    "channel_endpoint",
     "jurisdictions",
     "log",
     "components",

@@ -284,7 +284,8 @@ fn unknown_keys_are_errors_at_every_level() {
         problems(load(Some("colour = \"blue\"\n"), &[])),
         [
             "colour: unknown field \"colour\" (expected one of: node, database, objects, \
-          documents, queue, http, auth, hub, channels, jurisdictions, log, components)"
+          documents, queue, http, auth, hub, channels, channel_endpoint, jurisdictions, log, \
+          components)"
         ]
     );
     assert_eq!(
@@ -526,4 +527,35 @@ fn top_level_keys_match_the_settings_fields() {
         panic!("unexpected error {error}");
     };
     assert_eq!(expected, TOP_LEVEL_KEYS);
+}
+
+#[test]
+fn the_channel_endpoint_section_loads_from_file_and_environment() {
+    let settings = load(
+        Some("[channel_endpoint]\njurisdiction = \"SG\"\npeers = [\"AU\"]\n"),
+        &[
+            ("IGL_CHANNEL_ENDPOINT__LISTEN", "0.0.0.0:8181"),
+            (
+                "IGL_CHANNEL_ENDPOINT__MEDIUM_URL",
+                "postgres://channel:medium-pw@db/au_sg",
+            ),
+        ],
+    )
+    .unwrap();
+    let endpoint = &settings.channel_endpoint;
+    assert_eq!(endpoint.jurisdiction_or("AU"), "SG");
+    assert_eq!(endpoint.peers, ["AU"]);
+    assert_eq!(endpoint.listen.to_string(), "0.0.0.0:8181");
+    let summary = endpoint.summary(std::path::Path::new("/var/igl"), "AU");
+    assert_eq!(
+        summary,
+        "SG on 0.0.0.0:8181 (medium postgres://channel:[redacted]@db/au_sg, \
+         state sqlite:///var/igl/channel-sg.db, peers AU)"
+    );
+    assert!(!format!("{settings:?}").contains("medium-pw"));
+    let error = load(Some("[channel_endpoint]\nmedium_schema = \"x\"\n"), &[]).unwrap_err();
+    assert_eq!(
+        problems(Err(error)),
+        ["channel_endpoint.medium_schema: is only supported with a postgres URL"]
+    );
 }

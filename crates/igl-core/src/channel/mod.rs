@@ -44,17 +44,21 @@ pub trait ChannelClient: Send + Sync + fmt::Debug {
     /// Posts a message (`POST {base}/messages` with exactly the five content fields
     /// `sender, receiver, subject, obj, predicate`) and returns the channel's id for it.
     ///
-    /// **Not idempotent**: the Channel API has no idempotency key, so a post whose answer
+    /// **Not idempotent**: the five reference fields carry no key, so a post whose answer
     /// is lost (a timeout after the endpoint committed) and is then retried puts the
-    /// message on the channel twice. Callers record the returned id durably at once and
-    /// never post a message that already has one; the receiving node deduplicates what
-    /// still slips through.
+    /// message on the channel twice. Prefer [`ChannelClient::post_message_with_ref`].
     async fn post_message(&self, content: &MessageContent) -> Result<ChannelReceipt, ChannelError>;
 
-    /// Posts a message together with the sender's reference, for channels configured to
-    /// carry it (our own endpoints accept an extra `sender_ref` field, so the receiving
-    /// node keeps the sender's reference). Channels that do not carry it ignore
-    /// `sender_ref` and post the five reference fields, as [`ChannelClient::post_message`].
+    /// Posts a message on behalf of its sender's reference `sender_ref`, **idempotently
+    /// where the endpoint supports it**: the HTTP client sends the message reference
+    /// `{sender}:{sender_ref}` as an `Idempotency-Key`, and our endpoints answer a repeated
+    /// post with the id of the message already stored (reference endpoints ignore the
+    /// header, so with them a retried post may still reach the channel twice, which the
+    /// receiving node's deduplication on `sender:sender_ref` absorbs when the reference is
+    /// carried). Channels configured to carry it also get `sender_ref` in the body (our
+    /// endpoints accept that extra field, so the receiving node keeps the sender's
+    /// reference). The default implementation posts the five fields with
+    /// [`ChannelClient::post_message`].
     async fn post_message_with_ref(
         &self,
         content: &MessageContent,

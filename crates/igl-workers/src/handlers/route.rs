@@ -20,11 +20,15 @@
 //!   longer `pending` is skipped, except an `accepted` one whose channel revoked it, which
 //!   is posted again (see [`crate::handlers::PollChannel`]).
 //!
-//! **At-least-once posting.** The Channel API has no idempotency key, so there is a window
-//! in which a message can reach a channel twice: the channel commits the post, and then
-//! the answer is lost (timeout), this process dies, its lease expires, or the database
-//! refuses the commit (retried briefly here first). The next attempt then posts again and
-//! records the second id. The receiving side must tolerate that duplicate.
+//! **Idempotent posting.** There is a window in which a post is repeated: the channel
+//! commits it, and then the answer is lost (timeout), this process dies, its lease
+//! expires, or the database refuses the commit (retried briefly here first). The next
+//! attempt posts again through [`igl_core::channel::ChannelClient::post_message_with_ref`],
+//! which carries the message reference as an idempotency key: our channel endpoints answer
+//! with the id of the message they already hold, so the channel has one message and the
+//! router records that id. Reference endpoints ignore the key; with them the channel may
+//! hold the message twice, and the receiving side must tolerate that duplicate (our
+//! retriever does, on `sender:sender_ref`, when the channel carries `sender_ref`).
 
 use std::sync::Arc;
 use std::time::Duration;

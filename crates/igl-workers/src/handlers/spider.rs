@@ -49,7 +49,7 @@ use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use reqwest::{StatusCode, Url};
 use serde_json::Value;
 
-use super::retrieve::{HttpClientError, HttpStatusError, endpoint, parse_base_url};
+use super::http::{HttpClientError, HttpStatusError, endpoint, parse_base_url};
 use crate::{Handled, JobError, JobHandler};
 
 /// Content type recorded when the Document API sends none (or an unusable one).

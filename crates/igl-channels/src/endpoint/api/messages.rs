@@ -17,7 +17,9 @@ use super::{
     werkzeug_error,
 };
 use crate::endpoint::Shared;
-use crate::endpoint::medium::{ListFilter, ListPosition, StatusUpdate, StoredMessage, WireMessage};
+use crate::endpoint::medium::{
+    ListFilter, ListPosition, Post, PostOutcome, StatusUpdate, StoredMessage, WireMessage,
+};
 
 /// The fields of a posted message, in wire order.
 const MESSAGE_FIELDS: [&str; 5] = ["sender", "receiver", "subject", "obj", "predicate"];
@@ -26,10 +28,34 @@ const MESSAGE_FIELDS: [&str; 5] = ["sender", "receiver", "subject", "obj", "pred
 const DEFAULT_LIMIT: i64 = 100;
 const MAX_LIMIT: i64 = 1000;
 
+/// The request header that makes a post idempotent.
+pub(crate) const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The longest idempotency key accepted.
+const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+
 /// `POST /messages`: validates the five fields (marshmallow's rules, then the domain's),
 /// commits the row (confirmed at once: commit is confirmation) and answers 201 `{"id"}`
 /// with the `Link` header of the reference.
-pub(super) async fn post_message(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+///
+/// **Idempotent** (an extension; reference clients send no key and see no difference): a
+/// post carrying an `Idempotency-Key` header — or, without one, a forwarded `sender_ref`,
+/// whose key is then `{sender}:{sender_ref}` — that the same sender already used is not
+/// stored again. With the same content it is answered like the first post (201, the same
+/// `id`, plus `Idempotent-Replayed: true`); with different content it is a 409 naming the
+/// field (`Idempotency-Key` or `sender_ref`) and nothing is stored. So a poster that lost
+/// the answer to a post (timeout, crash before recording the id) can post again safely.
+/// A key whose message was withdrawn (`revoked`, `undeliverable`) names a new post: the
+/// message is stored again under a new id (how a node re-posts a revoked message).
+pub(super) async fn post_message(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let header_key = match idempotency_key(&headers) {
+        Ok(key) => key,
+        Err(errors) => return errors.into_response(StatusCode::BAD_REQUEST),
+    };
     let value: Value = match serde_json::from_slice(&body) {
         Ok(value) => value,
         Err(error) => {
@@ -43,19 +69,71 @@ pub(super) async fn post_message(State(shared): State<Arc<Shared>>, body: Bytes)
         Ok(message) => message,
         Err(errors) => return errors.into_response(StatusCode::BAD_REQUEST),
     };
-    match shared.writer.post(message).await {
-        Ok(id) => {
-            let link = format!(
-                "<{}/messages/subscriptions/by_id>; rel=\"hub\", <{id}>; rel=\"self\"",
-                shared.config.public_base()
-            );
-            let mut response = json_response(StatusCode::CREATED, &json!({ "id": id }));
-            if let Ok(link) = HeaderValue::from_str(&link) {
-                response.headers_mut().insert(header::LINK, link);
-            }
-            response
+    let (key_field, idempotency_key) = match (header_key, &message.sender_ref) {
+        (Some(key), _) => ("Idempotency-Key", Some(key)),
+        (None, Some(sender_ref)) => (
+            "sender_ref",
+            Some(format!("{}:{sender_ref}", message.sender)),
+        ),
+        (None, None) => ("Idempotency-Key", None),
+    };
+    let post = Post {
+        message,
+        idempotency_key,
+    };
+    let (id, replayed) = match shared.writer.post(post).await {
+        Ok(PostOutcome::Created(id)) => (id, false),
+        Ok(PostOutcome::Existing(id)) => {
+            tracing::info!(id, "repeated post answered with the message already stored");
+            (id, true)
         }
-        Err(error) => unexpected(&error, "message not posted"),
+        Ok(PostOutcome::Conflict(id)) => {
+            let mut errors = FieldErrors::default();
+            errors.add(
+                key_field,
+                format!("Already used for a different message (id {id})."),
+            );
+            return errors.into_response(StatusCode::CONFLICT);
+        }
+        Err(error) => return unexpected(&error, "message not posted"),
+    };
+    let link = format!(
+        "<{}/messages/subscriptions/by_id>; rel=\"hub\", <{id}>; rel=\"self\"",
+        shared.config.public_base()
+    );
+    let mut response = json_response(StatusCode::CREATED, &json!({ "id": id }));
+    if let Ok(link) = HeaderValue::from_str(&link) {
+        response.headers_mut().insert(header::LINK, link);
+    }
+    if replayed {
+        response.headers_mut().insert(
+            header::HeaderName::from_static("idempotent-replayed"),
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, FieldErrors> {
+    let Some(value) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let key = value.to_str().ok().map(str::trim).filter(|key| {
+        !key.is_empty()
+            && key.chars().count() <= MAX_IDEMPOTENCY_KEY_CHARS
+            && key.chars().all(|c| c.is_ascii_graphic())
+    });
+    match key {
+        Some(key) => Ok(Some(key.to_owned())),
+        None => {
+            let mut errors = FieldErrors::default();
+            errors.add(
+                "Idempotency-Key",
+                format!("Must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} visible ASCII characters."),
+            );
+            Err(errors)
+        }
     }
 }
 

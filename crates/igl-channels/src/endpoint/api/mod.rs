@@ -29,6 +29,7 @@ const MAX_BODY_BYTES: usize = 256 * 1024;
 pub(crate) fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/healthz", get(healthz))
         .route(
             "/messages",
             post(messages::post_message).get(messages::list_messages),
@@ -40,8 +41,32 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
             post(subscriptions::by_jurisdiction),
         )
         .route("/messages/subscriptions/by_id", post(subscriptions::by_id))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(shared)
+}
+
+/// Werkzeug's 404 for a path the API does not serve (Flask's answer in the reference).
+async fn not_found() -> Response {
+    werkzeug_error(
+        StatusCode::NOT_FOUND,
+        "The requested URL was not found on the server. If you entered the URL manually \
+         please check your spelling and try again.",
+    )
+}
+
+/// Werkzeug's 405 for a method a path does not serve.
+async fn method_not_allowed() -> Response {
+    werkzeug_error(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "The method is not allowed for the requested URL.",
+    )
+}
+
+/// `GET /healthz` (an extension): 200 `{"status":"ok"}` while the process serves.
+async fn healthz() -> Response {
+    json_response(StatusCode::OK, &json!({"status": "ok"}))
 }
 
 async fn index() -> Response {
