@@ -1051,10 +1051,10 @@ async fn a_post_whose_answer_was_lost_is_not_stored_twice_on_the_channel() {
     let node = Node::new(proxy).await;
     let reference = node.submit("lost-answer-1", "SG").await;
 
-    // First attempt: the endpoint commits the message, the router gets a 502 and retries.
+    // First attempt: the endpoint commits the message, the router gets a 502 and retries
+    // (on a slow machine the retry may already be due within the same drain).
     let report = node.route().await;
-    assert!(report.done == 0 && report.retried >= 1, "{report:?}");
-    assert_eq!(node.message(&reference).await.channel_txn_id, None);
+    assert!(report.retried >= 1, "{report:?}");
 
     let deadline = Instant::now() + DEADLINE;
     while node.message(&reference).await.channel_txn_id.is_none() {
