@@ -78,6 +78,17 @@ pub trait UnitOfWork: Send {
     /// Appends an event; returns `false` when an event with the same id already exists.
     async fn append_event(&mut self, event: &NewEvent) -> Result<bool, StoreError>;
 
+    /// Appends several events in order, with the semantics of
+    /// [`UnitOfWork::append_event`] per event: one flag per input, `false` for an id that
+    /// already existed (or appeared earlier in `events`). Backends do it in one statement.
+    async fn append_events(&mut self, events: &[NewEvent]) -> Result<Vec<bool>, StoreError> {
+        let mut appended = Vec::with_capacity(events.len());
+        for event in events {
+            appended.push(self.append_event(event).await?);
+        }
+        Ok(appended)
+    }
+
     /// Allows `reader` to read the document `object` (idempotent).
     async fn grant_object(
         &mut self,

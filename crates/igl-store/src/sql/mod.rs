@@ -78,6 +78,34 @@ macro_rules! sql_unit_of_work {
                 Ok(appended)
             }
 
+            async fn append_events(
+                &mut self,
+                events: &[igl_core::NewEvent],
+            ) -> Result<Vec<bool>, igl_core::StoreError> {
+                let appended = append_events(&mut self.tx, events).await?;
+                if appended.iter().any(|appended| *appended) {
+                    let subscribed = match self.subscribed {
+                        Some(known) => known,
+                        None => {
+                            let known = any_subscription(&mut self.tx).await?;
+                            self.subscribed = Some(known);
+                            known
+                        }
+                    };
+                    if subscribed {
+                        let spread: Vec<igl_core::NewJob> = events
+                            .iter()
+                            .zip(&appended)
+                            .filter(|(_, appended)| **appended)
+                            .map(|(event, _)| igl_core::pipeline::spread_job(&event.id))
+                            .collect();
+                        enqueue(&mut self.tx, &spread).await?;
+                        self.woken.extend(spread.into_iter().map(|job| job.queue));
+                    }
+                }
+                Ok(appended)
+            }
+
             async fn grant_object(
                 &mut self,
                 object: &igl_domain::Multihash,
@@ -499,6 +527,32 @@ pub(crate) fn predicate_filter(predicate: Option<&str>) -> (Option<&str>, Option
 }
 
 /// The JSON text of a batch of jobs, bound as one parameter by the SQL adapters.
+/// The JSON rows of a batch of events: `[{"i", "k", "t", "p"}, …]`.
+pub(crate) fn events_json(events: &[igl_core::NewEvent]) -> String {
+    let rows: Vec<serde_json::Value> = events
+        .iter()
+        .map(|event| {
+            serde_json::json!({
+                "i": event.id,
+                "k": event.kind,
+                "t": event.topic,
+                "p": event.payload.to_string(),
+            })
+        })
+        .collect();
+    serde_json::Value::Array(rows).to_string()
+}
+
+/// Which of `events` were appended, given the ids the insert returned: an id counts once,
+/// for its first occurrence.
+pub(crate) fn appended_flags(events: &[igl_core::NewEvent], inserted: Vec<String>) -> Vec<bool> {
+    let mut inserted: std::collections::HashSet<String> = inserted.into_iter().collect();
+    events
+        .iter()
+        .map(|event| inserted.remove(&event.id))
+        .collect()
+}
+
 pub(crate) fn jobs_json(jobs: &[igl_core::NewJob], now: i64) -> String {
     let rows: Vec<serde_json::Value> = jobs
         .iter()

@@ -418,6 +418,27 @@ async fn append_event(conn: &mut PgConnection, event: &NewEvent) -> Result<bool,
     Ok(result.rows_affected() == 1)
 }
 
+async fn append_events(
+    conn: &mut PgConnection,
+    events: &[NewEvent],
+) -> Result<Vec<bool>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO events (id, kind, topic, payload, created_at) \
+         SELECT e.v->>'i', e.v->>'k', e.v->>'t', e.v->>'p', $2 \
+         FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS e(v, n) ORDER BY e.n \
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(super::events_json(events))
+    .bind(now_micros())
+    .fetch_all(conn)
+    .await
+    .map_err(store_error)?;
+    Ok(super::appended_flags(events, inserted))
+}
+
 /// Whether any subscription exists (expired ones included; they are purged separately).
 async fn any_subscription(conn: &mut PgConnection) -> Result<bool, StoreError> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions)")

@@ -302,6 +302,28 @@ async fn append_event(conn: &mut SqliteConnection, event: &NewEvent) -> Result<b
     Ok(result.rows_affected() == 1)
 }
 
+async fn append_events(
+    conn: &mut SqliteConnection,
+    events: &[NewEvent],
+) -> Result<Vec<bool>, StoreError> {
+    if events.is_empty() {
+        return Ok(Vec::new());
+    }
+    let inserted: Vec<String> = sqlx::query_scalar(
+        "INSERT INTO events (id, kind, topic, payload, created_at) \
+         SELECT json_extract(value, '$.i'), json_extract(value, '$.k'), \
+                json_extract(value, '$.t'), json_extract(value, '$.p'), ?2 \
+         FROM json_each(?1) WHERE true ORDER BY key \
+         ON CONFLICT (id) DO NOTHING RETURNING id",
+    )
+    .bind(super::events_json(events))
+    .bind(now_micros())
+    .fetch_all(conn)
+    .await
+    .map_err(store_error)?;
+    Ok(super::appended_flags(events, inserted))
+}
+
 /// Whether any subscription exists (expired ones included; they are purged separately).
 async fn any_subscription(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
     sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM subscriptions)")

@@ -81,3 +81,45 @@ pub async fn no_fan_out_without_subscribers(storage: &dyn Storage) {
         "the event is still logged"
     );
 }
+
+/// A batch append keeps input order, appends an id once (already stored, or repeated
+/// within the batch, is `false`), and queues fan-out for exactly the appended events.
+pub async fn batch_append_is_ordered_and_idempotent(storage: &dyn Storage) {
+    storage
+        .upsert_subscription(&igl_core::subscriptions::NewSubscription {
+            topic: "*".into(),
+            callback: "http://subscriber.example/cb".into(),
+            secret: None,
+            expires_at: igl_domain::Timestamp::now_utc() + time::Duration::days(1),
+        })
+        .await
+        .unwrap();
+    let mut unit = storage.begin().await.unwrap();
+    assert!(unit.append_event(&event("b2", "x.y.two")).await.unwrap());
+    unit.commit().await.unwrap();
+
+    let mut unit = storage.begin().await.unwrap();
+    let appended = unit
+        .append_events(&[
+            event("b3", "x.y.three"),
+            event("b1", "x.y.one"),
+            event("b2", "x.y.again"),
+            event("b3", "x.y.repeated"),
+            event("b4", "x.y.four"),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(appended, [true, true, false, false, true]);
+    assert!(unit.append_events(&[]).await.unwrap().is_empty());
+    unit.commit().await.unwrap();
+
+    let events = storage.read_events(0, 100).await.unwrap();
+    let ids: Vec<_> = events.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(ids, ["b2", "b3", "b1", "b4"], "stored in input order");
+    assert_eq!(events[1].topic, "x.y.three", "the first occurrence wins");
+    let spread = storage
+        .depth(&igl_core::pipeline::SPREAD_QUEUE)
+        .await
+        .unwrap();
+    assert_eq!(spread.ready, 4, "one fan-out job per appended event");
+}

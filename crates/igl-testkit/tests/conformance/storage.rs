@@ -20,6 +20,7 @@ macro_rules! for_each_storage_case {
         $case!(by_ref jobs::dead_letter_and_replay);
         $case!(by_ref events::append_is_idempotent_and_ordered);
         $case!(by_ref events::no_fan_out_without_subscribers);
+        $case!(by_ref events::batch_append_is_ordered_and_idempotent);
         $case!(by_ref acl::grants_are_per_object_and_reader);
         $case!(by_ref subscriptions::upsert_renews_and_remove_deletes);
         $case!(by_ref subscriptions::matching_by_prefix_one_per_callback);

@@ -204,13 +204,14 @@ impl BatchSteps for PollChannel {
             channel_status: Some(ChannelStatus::Confirmed),
             ..MessageUpdate::default()
         };
+        let mut events = Vec::with_capacity(work.len());
         for (_, confirmed) in work {
             let updated = unit.update_message(&confirmed.reference, &update).await?;
             if updated.status_changed() {
-                unit.append_event(&status_event(&updated.after, MessageStatus::Accepted))
-                    .await?;
+                events.push(status_event(&updated.after, MessageStatus::Accepted));
             }
         }
+        unit.append_events(&events).await?;
         let receipts: Vec<_> = work.iter().map(|(job, _)| job.receipt()).collect();
         unit.ack(&receipts).await?;
         unit.commit().await?;

@@ -100,10 +100,12 @@ impl ProcessMessage {
                 unit.grant_object(document, plan.message.content.receiver)
                     .await?;
             }
-            for event in stored_message_events(&plan.message) {
-                unit.append_event(&event).await?;
-            }
         }
+        let events: Vec<_> = work
+            .iter()
+            .flat_map(|(_, plan)| stored_message_events(&plan.message))
+            .collect();
+        unit.append_events(&events).await?;
         let next: Vec<NewJob> = work
             .iter()
             .filter_map(|(_, plan)| plan.next.clone())
