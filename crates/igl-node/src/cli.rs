@@ -44,6 +44,9 @@ pub enum Command {
     Migrate,
     /// Run the node (every enabled component) until SIGINT or SIGTERM.
     Node(NodeArgs),
+    /// Start AU and SG nodes and a channel in this process, send Certificates of Origin
+    /// from AU to SG and show every step of their journey (no configuration needed).
+    Demo(crate::demo::DemoArgs),
     /// Run a benchmark and print its figures (see docs/benchmarks.md).
     Bench {
         /// Which benchmark.
