@@ -66,6 +66,8 @@ pub enum BenchCommand {
     E2e(crate::bench::E2eBenchArgs),
     /// Signed WebSub deliveries per second to many local subscribers.
     Fanout(crate::bench::FanoutBenchArgs),
+    /// Document API upload/download MB/s for small and large documents, with peak RSS.
+    Documents(crate::bench::DocumentsBenchArgs),
 }
 
 /// The subcommands of `igl config`.
