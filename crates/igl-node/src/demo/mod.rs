@@ -51,7 +51,9 @@ pub struct DemoArgs {
     /// Certificates of Origin to send from AU to SG (the first is traced step by step).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
     pub messages: u64,
-    /// Directory for the nodes' state (default: a temporary directory removed at exit).
+    /// Directory for the nodes' state, kept after the run (default: a temporary directory
+    /// removed at exit). Must be new, empty, or left by an earlier demo run, whose state is
+    /// replaced.
     #[arg(long, value_name = "DIR")]
     pub data_dir: Option<PathBuf>,
     /// Leave both nodes running after the demo and print `curl` commands to try them; stop
@@ -69,8 +71,8 @@ pub struct DemoArgs {
 /// The predicate of the demo's messages, and the topic the subscriber follows at SG.
 const PREDICATE: &str = "UN.CEFACT.Trade.CertificateOfOrigin.created";
 
-/// How long a change may take between its timestamp and its commit: listings re-read this
-/// much before the newest change they saw, so a late commit is not missed.
+/// How long a change may take between its timestamp and its commit: once a second, listings
+/// re-read this much before the newest change they saw, so a late commit is not missed.
 const LISTING_OVERLAP: Duration = Duration::from_secs(3);
 
 /// The steps of one certificate's journey, in the order they usually happen.
@@ -144,6 +146,8 @@ struct Tracker {
     documents_to_verify: VecDeque<usize>,
     /// In `--keep` mode, notifications for messages the demo did not send are printed.
     print_other_notifications: bool,
+    /// When a step was last recorded.
+    last_progress: Option<Instant>,
 }
 
 impl Tracker {
@@ -172,6 +176,7 @@ impl Tracker {
         }
         let elapsed = message.started.elapsed();
         *slot = Some(elapsed);
+        self.last_progress = Some(Instant::now());
         if self.traced == Some(index) {
             println!(
                 "  {:>9}  ✓ {:<41} {}",
@@ -288,22 +293,39 @@ struct MessagePage {
     next_cursor: Option<String>,
 }
 
-/// Follows one node's changes to messages from AU through its listing, re-reading
-/// [`LISTING_OVERLAP`] before the newest change seen.
+/// Follows one node's changes to messages from AU through its listing: from the newest
+/// change seen, and once a second from [`LISTING_OVERLAP`] before it.
 #[derive(Debug)]
 struct ListingWatch {
     api: Api,
-    since: Option<OffsetDateTime>,
+    newest: Option<OffsetDateTime>,
+    last_rescan: Instant,
+}
+
+impl ListingWatch {
+    fn new(api: Api) -> Self {
+        Self {
+            api,
+            newest: None,
+            last_rescan: Instant::now(),
+        }
+    }
 }
 
 impl ListingWatch {
     async fn changes(&mut self) -> anyhow::Result<Vec<ListedMessage>> {
         let mut all = Vec::new();
         let mut cursor: Option<String> = None;
+        let since = if self.last_rescan.elapsed() >= Duration::from_secs(1) {
+            self.last_rescan = Instant::now();
+            self.newest.map(|newest| newest - LISTING_OVERLAP)
+        } else {
+            self.newest
+        };
         loop {
             let mut query: Vec<(&str, String)> =
                 vec![("sender", "AU".into()), ("limit", "1000".into())];
-            if let Some(since) = self.since {
+            if let Some(since) = since {
                 query.push(("updated_since", since.format(&Rfc3339)?));
             }
             if let Some(cursor) = &cursor {
@@ -327,8 +349,7 @@ impl ListingWatch {
             .filter_map(|m| OffsetDateTime::parse(&m.updated_at, &Rfc3339).ok())
             .max()
         {
-            let since = newest - LISTING_OVERLAP;
-            self.since = Some(self.since.map_or(since, |old| old.max(since)));
+            self.newest = Some(self.newest.map_or(newest, |old| old.max(newest)));
         }
         Ok(all)
     }
@@ -441,14 +462,8 @@ async fn observe(
     interval: Arc<Mutex<Duration>>,
     stop: CancellationToken,
 ) {
-    let mut au_watch = ListingWatch {
-        api: au.clone(),
-        since: None,
-    };
-    let mut sg_watch = ListingWatch {
-        api: sg.clone(),
-        since: None,
-    };
+    let mut au_watch = ListingWatch::new(au.clone());
+    let mut sg_watch = ListingWatch::new(sg.clone());
     while !stop.is_cancelled() {
         if let Err(error) = observe_once(&au, &sg, &mut au_watch, &mut sg_watch, &tracker).await {
             lock(&tracker).fail(format!("{error:#}"));
@@ -497,11 +512,17 @@ async fn observe_once(
         }
     }
 
-    // A direct look at certificates that made no progress for 5 s, in case a listing
-    // missed a change.
+    // When nothing progressed for 3 s, a direct look at certificates not checked for 5 s,
+    // in case a listing missed a change.
     let stale: Vec<usize> = {
         let mut tracker = lock(tracker);
         let now = Instant::now();
+        if tracker
+            .last_progress
+            .is_none_or(|at| now.duration_since(at) < Duration::from_secs(3))
+        {
+            return Ok(());
+        }
         let stale: Vec<usize> = tracker
             .messages
             .iter()
@@ -793,8 +814,7 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let temporary;
     let directory: &Path = match &args.data_dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create the data directory {}", dir.display()))?;
+            prepare_data_dir(dir)?;
             dir
         }
         None => {
@@ -1034,6 +1054,42 @@ async fn demo(
     result
 }
 
+/// Marks a directory as the demo's, so a later run may replace its contents.
+const DATA_DIR_MARKER: &str = ".igl-demo";
+
+/// Makes `dir` an empty demo directory: creates it, or empties one a previous demo run left
+/// (each run starts fresh: old nodes' subscriptions point at addresses that no longer
+/// listen). Refuses a non-empty directory that is not the demo's.
+fn prepare_data_dir(dir: &Path) -> anyhow::Result<()> {
+    let cannot = || format!("cannot prepare the data directory {}", dir.display());
+    if dir.exists() {
+        let mut entries = std::fs::read_dir(dir).with_context(cannot)?.peekable();
+        if entries.peek().is_some() {
+            if !dir.join(DATA_DIR_MARKER).exists() {
+                bail!(
+                    "{} is not empty and was not made by `igl demo`; give an empty or new directory",
+                    dir.display()
+                );
+            }
+            for entry in entries {
+                let path = entry.with_context(cannot)?.path();
+                if path.is_dir() {
+                    std::fs::remove_dir_all(&path)
+                } else {
+                    std::fs::remove_file(&path)
+                }
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+            }
+        }
+    }
+    std::fs::create_dir_all(dir).with_context(cannot)?;
+    std::fs::write(
+        dir.join(DATA_DIR_MARKER),
+        "state of `igl demo`; the next run with this --data-dir replaces it\n",
+    )
+    .with_context(cannot)
+}
+
 /// Adds what is still missing to a timeout error.
 fn with_missing(error: anyhow::Error, tracker: &Shared) -> anyhow::Error {
     let message = format!("{error:#}");
@@ -1068,13 +1124,13 @@ async fn keep_running(network: &Network, directory: &Path) -> anyhow::Result<()>
          MH=$(curl -s -H \"Authorization: Bearer $AU_TOKEN\" -H 'Content-Type: application/json' \\\n  \
            --data-binary @{sample} \"$AU/api/v1/documents?reader=SG\" | sed -E 's/.*\"multihash\":\"([^\"]+)\".*/\\1/'); echo $MH\n\n\
          # 2. post a message pointing at it\n\
-         curl -s -H \"Authorization: Bearer $AU_TOKEN\" -H 'Content-Type: application/json' \\\n  \
+         curl -s -w '\\n' -H \"Authorization: Bearer $AU_TOKEN\" -H 'Content-Type: application/json' \\\n  \
            -d '{{\"sender\":\"AU\",\"receiver\":\"SG\",\"subject\":\"AU.coo.my-1\",\"obj\":\"'$MH'\",\"predicate\":\"{PREDICATE}\",\"sender_ref\":\"my-1\"}}' \\\n  \
            \"$AU/api/v1/messages\"\n\n\
          # 3. watch it arrive: received at SG, its document at SG, accepted at AU once confirmed\n\
-         curl -s -H \"Authorization: Bearer $SG_TOKEN\" \"$SG/api/v1/messages/AU:my-1\"\n\
+         curl -s -w '\\n' -H \"Authorization: Bearer $SG_TOKEN\" \"$SG/api/v1/messages/AU:my-1\"\n\
          curl -s -H \"Authorization: Bearer $SG_TOKEN\" \"$SG/api/v1/documents/$MH\" | sha256sum; sha256sum {sample}\n\
-         curl -s -H \"Authorization: Bearer $AU_TOKEN\" \"$AU/api/v1/messages/AU:my-1\"\n\n\
+         curl -s -w '\\n' -H \"Authorization: Bearer $AU_TOKEN\" \"$AU/api/v1/messages/AU:my-1\"\n\n\
          notifications that SG's hub delivers to the demo subscriber are printed below.\n\
          API documentation: $AU/api/docs and $SG/api/docs\n",
         au_url = au.url,
