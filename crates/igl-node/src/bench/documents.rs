@@ -354,7 +354,7 @@ pub async fn run_documents_bench(args: DocumentsBenchArgs) -> anyhow::Result<()>
     );
     for p in &result.phases {
         println!(
-            "{:>9} {:>12} {:>6} {:>8.2} {:>9.1} {:>8.1} {:>9.1} {:>9.1} {:>10.1} {:>9.1}{}",
+            "{:>9} {:>12} {:>6} {:>8.2} {:>9.1} {:>8.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1}{}",
             p.operation,
             p.document_bytes,
             p.count,

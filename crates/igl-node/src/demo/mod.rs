@@ -751,13 +751,17 @@ fn print_summary(tracker: &Tracker, elapsed: Duration) {
             .collect(),
     );
     let seconds = elapsed.as_secs_f64();
+    let notified = tracker
+        .messages
+        .iter()
+        .filter(|m| m.done[Step::Notified as usize].is_some())
+        .count();
+    let plural = |n: usize, word: &str| format!("{n} {word}{}", if n == 1 { "" } else { "s" });
     println!(
-        "\n  {total} documents uploaded, {total} messages posted, {} signed notifications verified",
-        tracker
-            .messages
-            .iter()
-            .filter(|m| m.done[Step::Notified as usize].is_some())
-            .count()
+        "\n  {} uploaded, {} posted, {} verified",
+        plural(total, "document"),
+        plural(total, "message"),
+        plural(notified, "signed notification")
     );
     println!(
         "  throughput: {:.1} certificates/s end to end ({total} in {seconds:.2} s)",
