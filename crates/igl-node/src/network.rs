@@ -244,15 +244,24 @@ impl Network {
 
     /// Stops every node and endpoint, then drops the PostgreSQL schemas it created.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         self.shutdown.cancel();
         self.au.node.wait().await?;
         self.sg.node.wait().await?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "network nodes stopped"
+        );
         for endpoint in self.endpoints {
             endpoint
                 .stop()
                 .await
                 .context("channel endpoint stopped badly")?;
         }
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "network endpoints stopped"
+        );
         for (url, schema) in self.schemas {
             igl_store::PostgresStore::drop_schema(&url, &schema)
                 .await

@@ -815,20 +815,24 @@ impl Progress {
 pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
     let total = usize::try_from(args.messages).context("--messages is too large")?;
     let timeout = Duration::from_secs(args.timeout.unwrap_or(60 + args.messages.div_ceil(10)));
-    let temporary;
-    let directory: &Path = match &args.data_dir {
+    let temporary = match &args.data_dir {
         Some(dir) => {
             prepare_data_dir(dir)?;
-            dir
+            None
         }
-        None => {
-            temporary = tempfile::Builder::new()
+        None => Some(
+            tempfile::Builder::new()
                 .prefix("igl-demo-")
                 .tempdir()
-                .context("cannot create a temporary directory")?;
-            temporary.path()
-        }
+                .context("cannot create a temporary directory")?,
+        ),
     };
+    let directory: PathBuf = match (&temporary, &args.data_dir) {
+        (Some(temporary), _) => temporary.path().to_path_buf(),
+        (None, Some(dir)) => dir.clone(),
+        (None, None) => unreachable!("either a temporary or the given directory"),
+    };
+    let directory = directory.as_path();
 
     println!("IGL demo: a Certificate of Origin from Australia (AU) to Singapore (SG)\n");
     let network = Network::start(directory)
@@ -842,10 +846,27 @@ pub async fn run_demo(args: DemoArgs) -> anyhow::Result<()> {
         Api::new(&client, &network.sg),
     );
     let result = demo(&args, &network, &au, &sg, directory, total, timeout).await;
+    drop((au, sg, client));
+    println!("\nstopping the nodes");
+    let stopping = Instant::now();
     network
         .stop()
         .await
         .context("the demo network stopped badly")?;
+    tracing::debug!(
+        elapsed_ms = stopping.elapsed().as_millis() as u64,
+        "demo network stopped"
+    );
+    if let Some(temporary) = temporary {
+        // Thousands of documents can take a while to delete on a busy disk.
+        println!(
+            "removing the demo's temporary state in {}",
+            directory.display()
+        );
+        temporary
+            .close()
+            .context("cannot remove the demo's temporary directory")?;
+    }
     result
 }
 
@@ -1144,6 +1165,5 @@ async fn keep_running(network: &Network, directory: &Path) -> anyhow::Result<()>
         sample = sample.display(),
     );
     shutdown.cancelled().await;
-    println!("stopping");
     Ok(())
 }
