@@ -46,6 +46,9 @@ pub enum Command {
     Node(NodeArgs),
     /// Run our shared-db channel endpoint (`[channel_endpoint]`) until SIGINT or SIGTERM.
     Channel(ChannelArgs),
+    /// Start AU and SG nodes and a channel in this process, send Certificates of Origin
+    /// from AU to SG and show every step of their journey (no configuration needed).
+    Demo(crate::demo::DemoArgs),
     /// Run a benchmark and print its figures (see docs/benchmarks.md).
     Bench {
         /// Which benchmark.
@@ -65,6 +68,8 @@ pub enum BenchCommand {
     E2e(crate::bench::E2eBenchArgs),
     /// Signed WebSub deliveries per second to many local subscribers.
     Fanout(crate::bench::FanoutBenchArgs),
+    /// Document API upload/download MB/s for small and large documents, with peak RSS.
+    Documents(crate::bench::DocumentsBenchArgs),
 }
 
 /// The subcommands of `igl config`.

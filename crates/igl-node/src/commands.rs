@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::{BenchCommand, ChannelArgs, Cli, Command, ConfigCommand, NodeArgs};
-use crate::{bench, run, shutdown, telemetry};
+use crate::{bench, demo, run, shutdown, telemetry};
 
 /// How long the runtime waits for blocking tasks after a command returns.
 const RUNTIME_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
@@ -123,6 +123,13 @@ pub fn execute(cli: Cli, env: ProcessEnv) -> Result<(), CommandError> {
         Command::Migrate => migrate(settings, &env),
         Command::Node(args) => node(settings, args, &env),
         Command::Channel(args) => channel(settings, args, cli.config.as_deref(), &env),
+        Command::Demo(args) => {
+            // The demo's output is its story; the nodes only speak up about problems.
+            settings.log.filter = "warn".into();
+            init_logging(&settings, &env)?;
+            let log_format = settings.log.format;
+            block_on(demo::run_demo(args)).map_err(|error| CommandError::runtime(error, log_format))
+        }
         Command::Bench { benchmark } => {
             init_logging(&settings, &env)?;
             let log_format = settings.log.format;
@@ -132,6 +139,7 @@ pub fn execute(cli: Cli, env: ProcessEnv) -> Result<(), CommandError> {
                     BenchCommand::Ingest(args) => bench::run_ingest_bench(args).await,
                     BenchCommand::E2e(args) => bench::run_e2e_bench(args).await,
                     BenchCommand::Fanout(args) => bench::run_fanout_bench(args).await,
+                    BenchCommand::Documents(args) => bench::run_documents_bench(args).await,
                 }
             })
             .map_err(|error| CommandError::runtime(error, log_format))

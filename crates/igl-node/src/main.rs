@@ -10,11 +10,13 @@
 //! - `commands`: one function per subcommand; configuration loading and exit codes.
 //! - `telemetry`: log filter and subscriber.
 //! - `shutdown`: SIGINT / SIGTERM → `CancellationToken`.
+//! - `demo`: `igl demo`, two nodes in one process and a certificate between them.
 //! - `run`: what `migrate` and `node` do once everything is set up (composition root).
 
 mod bench;
 mod cli;
 mod commands;
+mod demo;
 mod run;
 mod shutdown;
 mod telemetry;

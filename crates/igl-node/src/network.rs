@@ -1,7 +1,10 @@
 //! An in-process two-jurisdiction network: AU and SG nodes with every component, and a
-//! shared-db channel endpoint pair on one SQLite medium, all on loopback ports chosen by
-//! the OS. Used by `igl bench e2e` (and the demo): the same composition as separate
-//! processes would run, only in one.
+//! shared-db channel endpoint pair on one medium, all on loopback ports chosen by the OS.
+//! Embedded by default (SQLite files and document directories under one directory); with
+//! [`NetworkOptions::postgres_url`] both nodes' databases and the channel medium are fresh
+//! schemas of that PostgreSQL database, dropped by [`Network::stop`] (documents and the
+//! endpoints' own bookkeeping stay in the directory). Used by `igl demo` and
+//! `igl bench e2e`: the same composition as separate processes would run, only in one.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -27,6 +30,14 @@ pub struct NetworkNode {
     pub token: String,
 }
 
+/// How to start a [`Network`].
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOptions {
+    /// A PostgreSQL database for both nodes and the channel medium (fresh schemas);
+    /// `None` = embedded SQLite.
+    pub postgres_url: Option<String>,
+}
+
 /// AU + SG + their channel.
 #[derive(Debug)]
 pub struct Network {
@@ -36,6 +47,8 @@ pub struct Network {
     pub sg: NetworkNode,
     endpoints: Vec<RunningEndpoint>,
     shutdown: CancellationToken,
+    /// PostgreSQL schemas to drop at stop: (url, schema).
+    schemas: Vec<(String, String)>,
 }
 
 fn bind() -> anyhow::Result<(std::net::TcpListener, String)> {
@@ -47,6 +60,7 @@ fn bind() -> anyhow::Result<(std::net::TcpListener, String)> {
 async fn endpoint(
     jurisdiction: Jurisdiction,
     medium: &str,
+    medium_schema: Option<&str>,
     directory: &Path,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<RunningEndpoint> {
@@ -59,6 +73,7 @@ async fn endpoint(
     let url = format!("http://{}", listener.local_addr()?);
     let mut config = EndpointConfig::new(jurisdiction, medium, state, url);
     config.allow_loopback_callbacks = true;
+    config.medium_schema = medium_schema.map(str::to_owned);
     igl_channels::endpoint::start(config, listener, shutdown.child_token())
         .await
         .context("cannot start the channel endpoint")
@@ -107,14 +122,45 @@ fn node_settings(
 }
 
 impl Network {
-    /// Starts the network with its state under `directory`.
+    /// Starts the embedded network with its state under `directory`.
     pub async fn start(directory: &Path) -> anyhow::Result<Self> {
+        Self::start_with(directory, NetworkOptions::default()).await
+    }
+
+    /// Starts the network with its local state under `directory`.
+    pub async fn start_with(directory: &Path, options: NetworkOptions) -> anyhow::Result<Self> {
         let shutdown = CancellationToken::new();
-        let medium = format!("sqlite://{}", directory.join("channel.db").display());
+        let run = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let mut schemas = Vec::new();
+        let (medium, medium_schema) = match &options.postgres_url {
+            Some(url) => {
+                let schema = format!("igl_net_{run}_channel");
+                schemas.push((url.clone(), schema.clone()));
+                (url.clone(), Some(schema))
+            }
+            None => (
+                format!("sqlite://{}", directory.join("channel.db").display()),
+                None,
+            ),
+        };
         let au_code = Jurisdiction::parse("AU")?;
         let sg_code = Jurisdiction::parse("SG")?;
-        let au_endpoint = endpoint(au_code, &medium, directory, &shutdown).await?;
-        let sg_endpoint = endpoint(sg_code, &medium, directory, &shutdown).await?;
+        let au_endpoint = endpoint(
+            au_code,
+            &medium,
+            medium_schema.as_deref(),
+            directory,
+            &shutdown,
+        )
+        .await?;
+        let sg_endpoint = endpoint(
+            sg_code,
+            &medium,
+            medium_schema.as_deref(),
+            directory,
+            &shutdown,
+        )
+        .await?;
         let (au_listener, au_url) = bind()?;
         let (sg_listener, sg_url) = bind()?;
         let au_reads_sg = format!("igl-dev-au-reads-sg-{}", uuid::Uuid::new_v4().simple());
@@ -137,6 +183,17 @@ impl Network {
             &sg_reads_au,
             &au_reads_sg,
         );
+        let mut au_settings = au_settings;
+        let mut sg_settings = sg_settings;
+        if let Some(url) = &options.postgres_url {
+            for (settings, code) in [(&mut au_settings, "au"), (&mut sg_settings, "sg")] {
+                let schema = format!("igl_net_{run}_{code}");
+                settings.database.url = Some(SecretString::new(url));
+                settings.database.schema = Some(schema.clone());
+                settings.database.max_connections = 16;
+                schemas.push((url.clone(), schema));
+            }
+        }
         let au_token = igl_api::auth::generate_dev_token();
         let sg_token = igl_api::auth::generate_dev_token();
         let au = crate::start(
@@ -172,19 +229,43 @@ impl Network {
             },
             endpoints: vec![au_endpoint, sg_endpoint],
             shutdown,
+            schemas,
         })
     }
 
-    /// Stops every node and endpoint.
+    /// The database backend of the nodes and the medium: `sqlite` or `postgres`.
+    pub fn backend(&self) -> &'static str {
+        if self.schemas.is_empty() {
+            "sqlite"
+        } else {
+            "postgres"
+        }
+    }
+
+    /// Stops every node and endpoint, then drops the PostgreSQL schemas it created.
     pub async fn stop(self) -> anyhow::Result<()> {
+        let started = std::time::Instant::now();
         self.shutdown.cancel();
         self.au.node.wait().await?;
         self.sg.node.wait().await?;
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "network nodes stopped"
+        );
         for endpoint in self.endpoints {
             endpoint
                 .stop()
                 .await
                 .context("channel endpoint stopped badly")?;
+        }
+        tracing::debug!(
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "network endpoints stopped"
+        );
+        for (url, schema) in self.schemas {
+            igl_store::PostgresStore::drop_schema(&url, &schema)
+                .await
+                .with_context(|| format!("cannot drop the schema {schema}"))?;
         }
         Ok(())
     }

@@ -494,3 +494,70 @@ fn channel_serves_the_channel_api_and_stops_on_sigterm() {
     );
     assert!(medium.is_file(), "the medium is the given SQLite file");
 }
+
+#[test]
+fn demo_sends_certificates_from_au_to_sg_and_verifies_every_step() {
+    let sandbox = Sandbox::new();
+    let data = sandbox.path().join("demo-data");
+    let (code, stdout, stderr) = run(sandbox
+        .igl()
+        .args(["demo", "--messages", "5", "--data-dir"])
+        .arg(&data));
+    assert_eq!(code, 0, "stdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        stdout.contains("✓ subscriber verified by SG's hub"),
+        "{stdout}"
+    );
+    // The first certificate is traced step by step.
+    for step in [
+        "document stored at AU",
+        "message stored at AU",
+        "routed to the channel",
+        "received at SG",
+        "document fetched and verified at SG",
+        "notification delivered, signature valid",
+        "confirmed by the channel, AU accepted",
+    ] {
+        assert!(
+            stdout
+                .lines()
+                .any(|line| line.contains(&format!("✓ {step}"))),
+            "no traced line for {step:?}:\n{stdout}"
+        );
+        let row = stdout
+            .lines()
+            .find(|line| line.trim_start().starts_with(step) && !line.contains('✓'))
+            .unwrap_or_else(|| panic!("no summary row for {step:?}:\n{stdout}"));
+        assert_eq!(
+            row.split_whitespace().nth(step.split_whitespace().count()),
+            Some("5"),
+            "{row}"
+        );
+    }
+    assert!(
+        stdout.contains(
+            "summary: 5 of 5 certificates of origin went from AU to SG with every step verified"
+        ),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("5 documents uploaded, 5 messages posted, 5 signed notifications verified"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("throughput:"), "{stdout}");
+    assert!(data.join("au").join("igl.db").exists());
+    assert!(data.join("sg").join("igl.db").exists());
+}
+
+#[test]
+fn demo_that_times_out_exits_1_and_says_what_it_waited_for() {
+    let sandbox = Sandbox::new();
+    let (code, _, stderr) = run(sandbox.igl().args(["demo", "--timeout", "0"]));
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        stderr.contains(
+            "error: timed out after 0 s waiting for SG's hub to verify the demo subscriber's intent"
+        ),
+        "{stderr}"
+    );
+}

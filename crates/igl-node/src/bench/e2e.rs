@@ -1,21 +1,29 @@
-//! `igl bench e2e`: AU POST → SG stored, through the whole pipeline of two in-process nodes
-//! and a shared-db channel (ingest, processor, router, channel endpoint, observer, callback,
-//! reception, retriever, SG processor).
+//! `igl bench e2e`: AU POST → SG stored and AU `accepted`, through the whole pipeline of two
+//! in-process nodes and a shared-db channel (ingest, processor, router, channel endpoint,
+//! observer, callback, reception, retriever, SG processor, poller).
 //!
-//! Open model: messages are posted to AU at `--rate` per second (latency is measured from
-//! each message's scheduled send time, so queueing counts). SG's message store is watched
-//! through its listing order (a cursor read every 2 ms), so "stored" is when SG committed
-//! the message. After the run the benchmark waits for AU to see every message `accepted`.
+//! Open model: messages are posted to AU at a constant rate (latency is measured from each
+//! message's scheduled send time, so queueing counts); the first `--warmup` seconds are not
+//! measured. Two latencies are recorded per measured message: until SG committed it, and
+//! until AU committed it as `accepted` (the channel confirmed it). Both stores are watched
+//! through their listing order (from the newest change seen, and twice a second from two
+//! seconds before it, so a late commit is not missed).
+//!
+//! `--ramp` runs steps of increasing rate on the same network (×`--ramp-factor` from
+//! `--rate` up to `--max-rate`, then two bisection steps between the last sustained and the
+//! first failed rate) and reports the highest rate **sustained**: every measured message
+//! stored at SG and accepted at AU, no POST error, and p99 of both latencies ≤ 1 s.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use igl_core::MessageFilter;
+use igl_core::{MessageFilter, Storage};
 use igl_domain::MessageStatus;
+use igl_node::network::{Network, NetworkOptions};
 use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore};
 
@@ -24,35 +32,66 @@ use super::report::Environment;
 /// Arguments of `igl bench e2e`.
 #[derive(Debug, Args)]
 pub struct E2eBenchArgs {
-    /// Messages per second posted to AU.
+    /// Messages per second posted to AU (with --ramp: the first step's rate).
     #[arg(long, default_value_t = 1000)]
     pub rate: u64,
-    /// Measured seconds.
+    /// Measured seconds (per step with --ramp).
     #[arg(long, default_value_t = 20)]
     pub duration: u64,
-    /// Seconds of load before measuring.
+    /// Seconds of load before measuring (per step with --ramp).
     #[arg(long, default_value_t = 3)]
     pub warmup: u64,
     /// Maximum POSTs in flight.
     #[arg(long, default_value_t = 256)]
     pub concurrency: usize,
+    /// Both nodes and the channel medium on this PostgreSQL database (fresh schemas, dropped
+    /// after); default: embedded SQLite.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
+    /// Find the highest rate sustained with p99 ≤ 1 s (steps of increasing rate).
+    #[arg(long)]
+    pub ramp: bool,
+    /// With --ramp: rate multiplier between steps.
+    #[arg(long, default_value_t = 1.5, requires = "ramp")]
+    pub ramp_factor: f64,
+    /// With --ramp: the highest rate tried.
+    #[arg(long, default_value_t = 20_000, requires = "ramp")]
+    pub max_rate: u64,
     /// Also write the result as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
 }
 
+/// The p99 both latencies must stay under for a ramp step to count as sustained.
+const SUSTAINED_P99_MS: f64 = 1000.0;
+
 #[derive(Debug, Serialize)]
 struct E2eResult {
     benchmark: &'static str,
+    backend: &'static str,
+    mode: &'static str,
+    steps: Vec<StepResult>,
+    /// With --ramp: the highest step rate that was sustained.
+    highest_sustained_rate: Option<u64>,
+    environment: Environment,
+}
+
+#[derive(Debug, Serialize)]
+struct StepResult {
     rate: u64,
     seconds: f64,
     posted: u64,
     post_errors: u64,
+    measured: u64,
     stored_at_sg: u64,
     stored_per_second: f64,
+    /// Scheduled POST → SG committed the message.
     latency_ms: Latency,
+    accepted_at_au: u64,
+    /// Scheduled POST → AU committed `accepted`.
+    accepted_latency_ms: Latency,
     all_accepted_at_au_after_s: Option<f64>,
-    environment: Environment,
+    sustained: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -72,87 +111,141 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     sorted[index - 1]
 }
 
-/// Runs the benchmark.
-pub async fn run_e2e_bench(args: E2eBenchArgs) -> anyhow::Result<()> {
-    anyhow::ensure!(args.rate > 0, "--rate must be positive");
-    let directory = tempfile::tempdir()?;
-    let network = igl_node::network::Network::start(directory.path()).await?;
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(30))
-        .build()?;
+fn latency(mut values: Vec<f64>) -> Latency {
+    values.sort_by(f64::total_cmp);
+    Latency {
+        p50: percentile(&values, 0.50),
+        p90: percentile(&values, 0.90),
+        p99: percentile(&values, 0.99),
+        p999: percentile(&values, 0.999),
+        max: percentile(&values, 1.0),
+    }
+}
+
+/// Send times of one step's messages, by number.
+type Schedule = Arc<Mutex<HashMap<u64, Instant>>>;
+
+/// What the watcher of one store needs to know about the step.
+#[derive(Clone)]
+struct Window {
+    prefix: String,
+    scheduled: Schedule,
+    measure_from: Instant,
+    end: Instant,
+}
+
+/// Watches `storage` for messages of the step (subject `<prefix><n>`) with `status` (any
+/// when `None`) until every measured message was seen or 30 s after the step's end; returns
+/// the latencies of the measured ones in ms.
+async fn watch(
+    storage: Arc<dyn Storage>,
+    status: Option<MessageStatus>,
+    window: Window,
+) -> anyhow::Result<Vec<f64>> {
+    let mut latencies = Vec::new();
+    let mut seen = HashSet::new();
+    let mut since: Option<igl_domain::Timestamp> = Some(igl_domain::Timestamp::now_utc());
+    let give_up = window.end + Duration::from_secs(30);
+    let mut expected: Option<usize> = None;
+    let mut last_rescan = Instant::now();
+    loop {
+        // Every 5 ms from the newest change seen; every 500 ms from 2 s before it, for
+        // changes committed late with an earlier timestamp.
+        let rewind = if last_rescan.elapsed() >= Duration::from_millis(500) {
+            last_rescan = Instant::now();
+            time::Duration::seconds(2)
+        } else {
+            time::Duration::ZERO
+        };
+        let mut filter = MessageFilter {
+            status,
+            updated_since: since.map(|s| s - rewind),
+            limit: 1000,
+            ..MessageFilter::default()
+        };
+        let mut newest = None;
+        loop {
+            let page = storage.list_messages(&filter).await?;
+            let now = Instant::now();
+            for message in &page.messages {
+                newest = newest.max(Some(message.updated_at));
+                let Some(n) = message.content.subject.strip_prefix(&window.prefix) else {
+                    continue;
+                };
+                let Ok(n) = n.parse::<u64>() else { continue };
+                if !seen.insert(n) {
+                    continue;
+                }
+                if let Some(at) = window.scheduled.lock().await.get(&n).copied()
+                    && at >= window.measure_from
+                    && at < window.end
+                {
+                    latencies.push(now.duration_since(at).as_secs_f64() * 1000.0);
+                }
+            }
+            match page.next {
+                Some(next) => filter.after = Some(next),
+                None => break,
+            }
+        }
+        if newest.is_some() {
+            since = newest.max(since);
+        }
+        if expected.is_none() && Instant::now() >= window.end {
+            let measured = window
+                .scheduled
+                .lock()
+                .await
+                .values()
+                .filter(|at| **at >= window.measure_from && **at < window.end)
+                .count();
+            expected = Some(measured);
+        }
+        if expected.is_some_and(|e| latencies.len() >= e) || Instant::now() > give_up {
+            return Ok(latencies);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// One constant-rate step on `network`.
+async fn run_step(
+    network: &Network,
+    client: &reqwest::Client,
+    rate: u64,
+    args: &E2eBenchArgs,
+) -> anyhow::Result<StepResult> {
     let url = format!("{}/api/v1/messages", network.au.url);
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let started = Instant::now();
     let measure_from = started + Duration::from_secs(args.warmup);
     let end = measure_from + Duration::from_secs(args.duration);
-    let scheduled: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
-    let post_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-
-    // Watch SG's store in commit order.
-    let sg_storage = network.sg.node.backends.storage.clone();
-    let watcher = {
-        let scheduled = scheduled.clone();
-        let prefix = format!("AU.e2e.{run}.");
-        tokio::spawn(async move {
-            let mut latencies = Vec::new();
-            let mut filter = MessageFilter {
-                limit: 1000,
-                ..MessageFilter::default()
-            };
-            let give_up = end + Duration::from_secs(30);
-            let mut expected: Option<u64> = None;
-            loop {
-                let page = match sg_storage.list_messages(&filter).await {
-                    Ok(page) => page,
-                    Err(error) => return Err(anyhow::Error::from(error)),
-                };
-                let now = Instant::now();
-                for message in &page.messages {
-                    let Some(n) = message.content.subject.strip_prefix(&prefix) else {
-                        continue;
-                    };
-                    let Ok(n) = n.parse::<u64>() else { continue };
-                    if let Some(at) = scheduled.lock().await.get(&n).copied()
-                        && at >= measure_from
-                        && at < end
-                    {
-                        latencies.push(now.duration_since(at).as_secs_f64() * 1000.0);
-                    }
-                }
-                if let Some(last) = page.messages.last() {
-                    filter.after = Some(igl_core::Cursor {
-                        updated_at_micros: (last.updated_at.unix_timestamp_nanos() / 1000) as i64,
-                        seq: i64::MAX,
-                    });
-                }
-                if expected.is_none() && Instant::now() >= end {
-                    let measured = scheduled
-                        .lock()
-                        .await
-                        .values()
-                        .filter(|at| **at >= measure_from && **at < end)
-                        .count() as u64;
-                    expected = Some(measured);
-                }
-                if expected.is_some_and(|e| latencies.len() as u64 >= e) || Instant::now() > give_up
-                {
-                    return Ok::<_, anyhow::Error>(latencies);
-                }
-                if page.next.is_none() {
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            }
-        })
+    let window = Window {
+        prefix: format!("AU.e2e.{run}."),
+        scheduled: Arc::default(),
+        measure_from,
+        end,
     };
+    let post_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sg_watcher = tokio::spawn(watch(
+        network.sg.node.backends.storage.clone(),
+        None,
+        window.clone(),
+    ));
+    let au_watcher = tokio::spawn(watch(
+        network.au.node.backends.storage.clone(),
+        Some(MessageStatus::Accepted),
+        window.clone(),
+    ));
 
     let permits = Arc::new(Semaphore::new(args.concurrency));
     let mut sent: u64 = 0;
     let mut tasks = tokio::task::JoinSet::new();
     while Instant::now() < end {
-        let at = started + Duration::from_secs_f64(sent as f64 / args.rate as f64);
+        let at = started + Duration::from_secs_f64(sent as f64 / rate as f64);
         tokio::time::sleep_until(at.into()).await;
         let permit = permits.clone().acquire_owned().await?;
-        scheduled.lock().await.insert(sent, at);
+        window.scheduled.lock().await.insert(sent, at);
         let body = format!(
             r#"{{"sender":"AU","receiver":"SG","subject":"AU.e2e.{run}.{sent}","obj":"https://documents.example.org/coo/{sent}","predicate":"UN.CEFACT.Trade.CertificateOfOrigin.created","sender_ref":"e2e-{run}-{sent}"}}"#
         );
@@ -179,8 +272,15 @@ pub async fn run_e2e_bench(args: E2eBenchArgs) -> anyhow::Result<()> {
         while tasks.try_join_next().is_some() {}
     }
     while tasks.join_next().await.is_some() {}
-    let mut latencies = watcher.await.context("watcher panicked")??;
-    latencies.sort_by(f64::total_cmp);
+    let measured = window
+        .scheduled
+        .lock()
+        .await
+        .values()
+        .filter(|at| **at >= measure_from && **at < end)
+        .count() as u64;
+    let stored = sg_watcher.await.context("watcher panicked")??;
+    let accepted = au_watcher.await.context("watcher panicked")??;
 
     // Every posted message should end up accepted at AU (the channel confirmed it).
     let au_storage = network.au.node.backends.storage.clone();
@@ -200,65 +300,156 @@ pub async fn run_e2e_bench(args: E2eBenchArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-
-    let result = E2eResult {
-        benchmark: "e2e",
-        rate: args.rate,
+    let post_errors = post_errors.load(std::sync::atomic::Ordering::Relaxed);
+    let (stored_at_sg, accepted_at_au) = (stored.len() as u64, accepted.len() as u64);
+    let latency_ms = latency(stored);
+    let accepted_latency_ms = latency(accepted);
+    let sustained = post_errors == 0
+        && stored_at_sg == measured
+        && accepted_at_au == measured
+        && latency_ms.p99 <= SUSTAINED_P99_MS
+        && accepted_latency_ms.p99 <= SUSTAINED_P99_MS;
+    Ok(StepResult {
+        rate,
         seconds: args.duration as f64,
         posted: sent,
-        post_errors: post_errors.load(std::sync::atomic::Ordering::Relaxed),
-        stored_at_sg: latencies.len() as u64,
-        stored_per_second: latencies.len() as f64 / args.duration as f64,
-        latency_ms: Latency {
-            p50: percentile(&latencies, 0.50),
-            p90: percentile(&latencies, 0.90),
-            p99: percentile(&latencies, 0.99),
-            p999: percentile(&latencies, 0.999),
-            max: percentile(&latencies, 1.0),
-        },
+        post_errors,
+        measured,
+        stored_at_sg,
+        stored_per_second: stored_at_sg as f64 / args.duration as f64,
+        latency_ms,
+        accepted_at_au,
+        accepted_latency_ms,
         all_accepted_at_au_after_s: all_accepted,
-        environment: Environment::detect(),
-    };
+        sustained,
+    })
+}
+
+fn print_header() {
     println!(
-        "e2e benchmark (AU POST -> SG stored): rate={}/s duration={}s cores={} commit={}",
-        result.rate,
-        args.duration,
-        result.environment.cores,
-        result
-            .environment
-            .git_commit
-            .as_deref()
-            .unwrap_or("unknown")
-    );
-    println!(
-        "{:>8} {:>7} {:>8} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>12}",
+        "{:>7} {:>8} {:>6} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10} {:>10} {:>11} {:>9}",
+        "rate/s",
         "posted",
         "errors",
         "at SG",
         "stored/s",
-        "p50 ms",
-        "p90 ms",
-        "p99 ms",
-        "p999 ms",
-        "max ms",
-        "AU accepted"
+        "SG p50",
+        "SG p99",
+        "SG p999",
+        "acc. p50",
+        "acc. p99",
+        "AU drained",
+        "sustained"
     );
-    let l = &result.latency_ms;
+}
+
+fn print_step(step: &StepResult) {
     println!(
-        "{:>8} {:>7} {:>8} {:>9.0} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>8.1} {:>12}",
-        result.posted,
-        result.post_errors,
-        result.stored_at_sg,
-        result.stored_per_second,
-        l.p50,
-        l.p90,
-        l.p99,
-        l.p999,
-        l.max,
-        all_accepted.map_or("no (60 s)".to_owned(), |s| format!("+{s:.1}s")),
+        "{:>7} {:>8} {:>6} {:>8} {:>9.0} {:>9.1} {:>9.1} {:>9.1} {:>10.1} {:>10.1} {:>11} {:>9}",
+        step.rate,
+        step.posted,
+        step.post_errors,
+        step.stored_at_sg,
+        step.stored_per_second,
+        step.latency_ms.p50,
+        step.latency_ms.p99,
+        step.latency_ms.p999,
+        step.accepted_latency_ms.p50,
+        step.accepted_latency_ms.p99,
+        step.all_accepted_at_au_after_s
+            .map_or("no (60 s)".to_owned(), |s| format!("+{s:.1}s")),
+        if step.sustained { "yes" } else { "no" },
     );
+}
+
+/// Runs the benchmark.
+pub async fn run_e2e_bench(args: E2eBenchArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(args.rate > 0, "--rate must be positive");
+    anyhow::ensure!(
+        !args.ramp || args.ramp_factor > 1.0,
+        "--ramp-factor must be greater than 1"
+    );
+    let directory = tempfile::tempdir()?;
+    let network = Network::start_with(
+        directory.path(),
+        NetworkOptions {
+            postgres_url: args.database_url.clone(),
+        },
+    )
+    .await?;
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()?;
+    let environment = Environment::detect();
+    println!(
+        "e2e benchmark (AU POST -> SG stored, AU accepted; latencies in ms): backend={} {} duration={}s warmup={}s cores={} commit={}",
+        network.backend(),
+        if args.ramp { "ramp" } else { "constant rate" },
+        args.duration,
+        args.warmup,
+        environment.cores,
+        environment.git_commit.as_deref().unwrap_or("unknown")
+    );
+    print_header();
+    let mut steps = Vec::new();
+    let mut highest = None;
+    if args.ramp {
+        let mut rate = args.rate;
+        let mut failed = None;
+        while rate <= args.max_rate {
+            let step = run_step(&network, &client, rate, &args).await?;
+            print_step(&step);
+            let sustained = step.sustained;
+            steps.push(step);
+            if !sustained {
+                failed = Some(rate);
+                break;
+            }
+            highest = Some(rate);
+            rate = ((rate as f64 * args.ramp_factor).ceil() as u64).max(rate + 1);
+        }
+        // Two bisection steps between the last sustained and the first failed rate.
+        if let Some(mut high) = failed {
+            let mut low = highest.unwrap_or(0);
+            for _ in 0..2 {
+                let mid = low + (high - low) / 2;
+                if mid <= low || mid == 0 {
+                    break;
+                }
+                let step = run_step(&network, &client, mid, &args).await?;
+                print_step(&step);
+                if step.sustained {
+                    low = mid;
+                    highest = Some(mid);
+                } else {
+                    high = mid;
+                }
+                steps.push(step);
+            }
+        }
+        match highest {
+            Some(rate) => println!("highest rate sustained with p99 <= 1 s: {rate} msg/s"),
+            None => println!(
+                "no rate sustained with p99 <= 1 s (lowest tried: {} msg/s)",
+                args.rate
+            ),
+        }
+    } else {
+        let step = run_step(&network, &client, args.rate, &args).await?;
+        print_step(&step);
+        steps.push(step);
+    }
+    let result = E2eResult {
+        benchmark: "e2e",
+        backend: network.backend(),
+        mode: if args.ramp { "ramp" } else { "constant" },
+        steps,
+        highest_sustained_rate: highest,
+        environment,
+    };
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
+        std::fs::write(path, serde_json::to_string_pretty(&result)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
     }
     network.stop().await?;
     Ok(())

@@ -16,12 +16,12 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use clap::Args;
-use igl_config::{Component, Settings};
+use igl_config::Component;
 use igl_core::NewEvent;
 use igl_core::subscriptions::{HubSecret, NewSubscription};
 use serde::Serialize;
-use tokio_util::sync::CancellationToken;
 
+use super::local::LocalNode;
 use super::report::Environment;
 
 /// Arguments of `igl bench fanout`.
@@ -33,6 +33,10 @@ pub struct FanoutBenchArgs {
     /// Events appended.
     #[arg(long, default_value_t = 100)]
     pub events: usize,
+    /// Database of the node (`postgres://…` uses a fresh schema, dropped after); default:
+    /// SQLite in a temporary directory.
+    #[arg(long, value_name = "URL")]
+    pub database_url: Option<String>,
     /// Also write the result as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -41,6 +45,7 @@ pub struct FanoutBenchArgs {
 #[derive(Debug, Serialize)]
 struct FanoutResult {
     benchmark: &'static str,
+    backend: String,
     subscribers: usize,
     events: usize,
     deliveries: usize,
@@ -97,15 +102,16 @@ pub async fn run_fanout_bench(args: FanoutBenchArgs) -> anyhow::Result<()> {
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
 
-    let directory = tempfile::tempdir()?;
-    let mut settings = Settings::default();
-    settings.node.data_dir = directory.path().to_path_buf();
-    settings.components = vec![Component::Spreader, Component::Deliverer];
-    settings.hub.allow_private_callbacks = true;
-    settings.queue.poll_interval_ms = 50;
-    let shutdown = CancellationToken::new();
-    let node = igl_node::start(igl_node::NodeOptions::new(settings), shutdown.clone()).await?;
-    let storage = node.backends.storage.clone();
+    let node = LocalNode::start(
+        args.database_url.as_deref(),
+        vec![Component::Spreader, Component::Deliverer],
+        |settings| {
+            settings.hub.allow_private_callbacks = true;
+            settings.queue.poll_interval_ms = 50;
+        },
+    )
+    .await?;
+    let storage = node.storage();
     for subscriber in 0..args.subscribers {
         storage
             .upsert_subscription(&NewSubscription {
@@ -175,6 +181,7 @@ pub async fn run_fanout_bench(args: FanoutBenchArgs) -> anyhow::Result<()> {
     };
     let result = FanoutResult {
         benchmark: "fanout",
+        backend: node.backend.clone(),
         subscribers: args.subscribers,
         events: args.events,
         deliveries: arrivals.times.len(),
@@ -187,7 +194,8 @@ pub async fn run_fanout_bench(args: FanoutBenchArgs) -> anyhow::Result<()> {
         environment: Environment::detect(),
     };
     println!(
-        "fanout benchmark: subscribers={} events={} cores={} commit={}",
+        "fanout benchmark: backend={} subscribers={} events={} cores={} commit={}",
+        result.backend,
         result.subscribers,
         result.events,
         result.environment.cores,
@@ -214,7 +222,6 @@ pub async fn run_fanout_bench(args: FanoutBenchArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
     }
-    shutdown.cancel();
-    node.wait().await?;
+    node.stop().await?;
     Ok(())
 }

@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Args;
-use igl_config::{Component, SecretString, Settings};
+use igl_config::Component;
 use serde::Serialize;
 use tokio::sync::{Mutex, Semaphore};
-use tokio_util::sync::CancellationToken;
 
+use super::local::{LocalNode, TOKEN};
 use super::report::Environment;
 
 /// Arguments of `igl bench ingest`.
@@ -58,6 +58,8 @@ pub struct IngestBenchArgs {
 struct IngestResult {
     benchmark: &'static str,
     target: String,
+    /// `sqlite` or `postgres` for the in-process node; `unknown` for `--url`.
+    backend: String,
     model: &'static str,
     rate: u64,
     concurrency: usize,
@@ -84,11 +86,10 @@ struct Samples {
     errors: u64,
 }
 
-const TOKEN: &str = "igl-bench-token";
-
 /// Runs the benchmark and prints its figures.
 pub async fn run_ingest_bench(args: IngestBenchArgs) -> anyhow::Result<()> {
     let mut local = None;
+    let mut backend = "unknown".to_owned();
     let (base, token, target) = match &args.url {
         Some(url) => {
             let token = args
@@ -98,9 +99,15 @@ pub async fn run_ingest_bench(args: IngestBenchArgs) -> anyhow::Result<()> {
             (url.trim_end_matches('/').to_owned(), token, url.clone())
         }
         None => {
-            let node = LocalNode::start(args.database_url.as_deref()).await?;
-            let base = format!("http://{}", node.addr);
+            let node = LocalNode::start(
+                args.database_url.as_deref(),
+                vec![Component::MessageApi],
+                |_| {},
+            )
+            .await?;
+            let base = node.base_url()?;
             let target = format!("in-process node on {}", node.backend);
+            backend = node.backend.clone();
             local = Some(node);
             (base, TOKEN.to_owned(), target)
         }
@@ -162,6 +169,7 @@ pub async fn run_ingest_bench(args: IngestBenchArgs) -> anyhow::Result<()> {
     let result = IngestResult {
         benchmark: "ingest",
         target,
+        backend,
         model: if args.rate > 0 { "open" } else { "closed" },
         rate: args.rate,
         concurrency: args.concurrency,
@@ -239,60 +247,5 @@ fn print_result(result: &IngestResult) {
     );
     if !result.environment.release_build {
         println!("note: debug build; use `cargo run --release` for meaningful figures");
-    }
-}
-
-/// A node started in this process for the benchmark.
-struct LocalNode {
-    addr: std::net::SocketAddr,
-    backend: String,
-    running: igl_node::RunningNode,
-    shutdown: CancellationToken,
-    cleanup_schema: Option<(String, String)>,
-    _directory: tempfile::TempDir,
-}
-
-impl LocalNode {
-    async fn start(database_url: Option<&str>) -> anyhow::Result<Self> {
-        let directory = tempfile::tempdir()?;
-        let mut settings = Settings::default();
-        settings.node.data_dir = directory.path().to_path_buf();
-        settings.http.bind = "127.0.0.1:0".parse()?;
-        settings.components = vec![Component::MessageApi];
-        let mut cleanup_schema = None;
-        let mut backend = "sqlite".to_owned();
-        if let Some(url) = database_url {
-            let schema = format!("bench_{}", uuid::Uuid::new_v4().simple());
-            settings.database.url = Some(SecretString::new(url));
-            settings.database.schema = Some(schema.clone());
-            settings.database.max_connections = 16;
-            cleanup_schema = Some((url.to_owned(), schema));
-            backend = "postgres".to_owned();
-        }
-        let shutdown = CancellationToken::new();
-        let options = igl_node::NodeOptions {
-            settings,
-            dev_token: Some(TOKEN.into()),
-            listener: None,
-        };
-        let running = igl_node::start(options, shutdown.clone()).await?;
-        let addr = running.http_addr.context("the message api listens")?;
-        Ok(Self {
-            addr,
-            backend,
-            running,
-            shutdown,
-            cleanup_schema,
-            _directory: directory,
-        })
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        self.shutdown.cancel();
-        self.running.wait().await?;
-        if let Some((url, schema)) = self.cleanup_schema {
-            igl_store::PostgresStore::drop_schema(&url, &schema).await?;
-        }
-        Ok(())
     }
 }

@@ -11,10 +11,16 @@ pub struct Environment {
     pub memory_mib: Option<u64>,
     /// CPU model, from /proc/cpuinfo when available.
     pub cpu: Option<String>,
+    /// Kernel release, from /proc/sys/kernel/osrelease when available.
+    pub kernel: Option<String>,
     /// Version of the `igl` binary.
     pub igl_version: &'static str,
+    /// The compiler that built it.
+    pub rustc_version: Option<&'static str>,
     /// `git rev-parse HEAD` of the working directory, when it is a checkout.
     pub git_commit: Option<String>,
+    /// Whether tracked files differed from that commit (`git status`), when a checkout.
+    pub git_dirty: Option<bool>,
     /// Whether the binary was built with optimisations.
     pub release_build: bool,
 }
@@ -45,14 +51,25 @@ impl Environment {
             .ok()
             .filter(|output| output.status.success())
             .map(|output| String::from_utf8_lossy(&output.stdout).trim().to_owned());
+        let git_dirty = std::process::Command::new("git")
+            .args(["status", "--porcelain", "--untracked-files=no"])
+            .output()
+            .ok()
+            .filter(|output| output.status.success())
+            .map(|output| !output.stdout.is_empty());
         Self {
             cores: std::thread::available_parallelism()
                 .map(usize::from)
                 .unwrap_or(1),
             memory_mib,
             cpu,
+            kernel: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+                .ok()
+                .map(|release| release.trim().to_owned()),
             igl_version: env!("CARGO_PKG_VERSION"),
+            rustc_version: option_env!("IGL_RUSTC_VERSION"),
             git_commit,
+            git_dirty,
             release_build: !cfg!(debug_assertions),
         }
     }

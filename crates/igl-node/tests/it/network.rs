@@ -663,3 +663,59 @@ async fn catch_up_after_downtime(postgres: Option<String>) {
     network.restart_sg(sg_state).await;
     arrive_once(network.sg(), "AU", &subjects).await;
 }
+
+/// `igl_node::network::Network` (what `igl demo` and `igl bench e2e` run) on PostgreSQL:
+/// a message crosses and is accepted, and stopping drops the schemas it created.
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shared_network_runs_on_postgres_and_drops_its_schemas() {
+    let url = std::env::var("IGL_TEST_POSTGRES_URL").unwrap();
+    let directory = tempfile::tempdir().unwrap();
+    let network = igl_node::network::Network::start_with(
+        directory.path(),
+        igl_node::network::NetworkOptions {
+            postgres_url: Some(url.clone()),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(network.backend(), "postgres");
+    let client = reqwest::Client::new();
+    let posted = client
+        .post(format!("{}/api/v1/messages", network.au.url))
+        .bearer_auth(&network.au.token)
+        .json(&json!({
+            "sender": "AU", "receiver": "SG", "subject": "AU.coo.pg-1",
+            "obj": "https://example.org/coo/pg-1",
+            "predicate": "UN.CEFACT.Trade.CertificateOfOrigin.created", "sender_ref": "pg-1",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), StatusCode::CREATED);
+    let get = |base: String, token: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .get(format!("{base}/api/v1/messages/AU:pg-1"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            (response.status() == StatusCode::OK).then_some(())?;
+            Some(response.json::<Value>().await.unwrap())
+        }
+    };
+    let at_sg = eventually("the message at SG", || {
+        get(network.sg.url.clone(), network.sg.token.clone())
+    })
+    .await;
+    assert_eq!(at_sg["status"], "received");
+    eventually("the message accepted at AU", || {
+        let probe = get(network.au.url.clone(), network.au.token.clone());
+        async move { probe.await.filter(|m| m["status"] == "accepted") }
+    })
+    .await;
+    // Stopping drops the three schemas (an error here means one could not be dropped).
+    network.stop().await.unwrap();
+}
