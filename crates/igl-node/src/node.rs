@@ -12,7 +12,7 @@ use igl_config::{Component, DatabaseBackend, ObjectStoreSettings, Settings};
 use igl_core::ingest::{IngestConfig, MessageIngest};
 use igl_core::pipeline::{
     CHANNEL_MESSAGE_QUEUE, CHANNEL_POLL_QUEUE, DELIVER_QUEUE, OBJECT_RETRIEVAL_QUEUE,
-    PROCESS_QUEUE, ROUTE_QUEUE, SPREAD_QUEUE, VERIFY_QUEUE,
+    PROCESS_QUEUE, REDELIVER_QUEUE, ROUTE_QUEUE, SPREAD_QUEUE, VERIFY_QUEUE,
 };
 use igl_core::{JobQueue, ObjectStore, QueueName, Storage};
 use igl_domain::Jurisdiction;
@@ -208,11 +208,10 @@ fn pipeline_handlers(
         Component::Spreader,
         Arc::new(Spread::new(storage.clone())),
     );
-    add(
-        DELIVER_QUEUE,
-        Component::Deliverer,
-        Arc::new(Deliver::new(storage.clone(), http.clone(), hub.clone())),
-    );
+    // One deliverer for both lanes: they share which subscriptions are slow.
+    let deliver = Arc::new(Deliver::new(storage.clone(), http.clone(), hub.clone()));
+    add(DELIVER_QUEUE, Component::Deliverer, deliver.clone());
+    add(REDELIVER_QUEUE, Component::Deliverer, deliver);
     add(
         VERIFY_QUEUE,
         Component::Deliverer,
@@ -287,6 +286,9 @@ pub async fn start(
             allow_private: settings.hub.allow_private_callbacks,
         },
         timeout: Duration::from_secs(settings.hub.timeout_secs),
+        fanout_budget: Duration::from_millis(settings.hub.fanout_budget_ms),
+        max_in_flight: 1024,
+        max_subscriptions: settings.hub.max_subscriptions,
     };
 
     let handlers = pipeline_handlers(&settings, &backends, jurisdiction, &hub)?;
@@ -474,7 +476,8 @@ fn spawn_worker(
     }
     // Deliveries and verifications wait on other parties' servers: handle many at once so
     // one slow subscriber does not hold up the others.
-    let concurrency = if queue == DELIVER_QUEUE || queue == VERIFY_QUEUE {
+    let concurrency = if queue == DELIVER_QUEUE || queue == REDELIVER_QUEUE || queue == VERIFY_QUEUE
+    {
         128
     } else {
         16
