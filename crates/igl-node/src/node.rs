@@ -475,23 +475,30 @@ fn spawn_worker(
         };
     }
     // Deliveries and verifications wait on other parties' servers: handle many at once so
-    // one slow subscriber does not hold up the others.
-    let concurrency = if queue == DELIVER_QUEUE || queue == REDELIVER_QUEUE || queue == VERIFY_QUEUE
-    {
-        128
+    // one slow subscriber does not hold up the others. A worker claims its next batch only
+    // once the whole batch is handled, so the delivery lanes run several workers with
+    // small batches: a batch held up by a slow subscriber stops one worker, not the lane.
+    let (workers_count, claim_batch, concurrency) = if queue == DELIVER_QUEUE {
+        (4, 8, 8)
+    } else if queue == REDELIVER_QUEUE {
+        (8, 16, 16)
+    } else if queue == VERIFY_QUEUE {
+        (1, settings.queue.claim_batch as usize, 128)
     } else {
-        16
+        (1, settings.queue.claim_batch as usize, 16)
     };
     let config = WorkerConfig {
-        claim_batch: settings.queue.claim_batch as usize,
+        claim_batch,
         concurrency,
         lease: settings.queue.lease(),
         idle_poll: settings.queue.poll_interval(),
         retry,
         ..WorkerConfig::new(queue)
     };
-    let job_queue: Arc<dyn JobQueue> = backends.storage.clone();
-    workers.spawn(job_queue, handler, config);
+    for _ in 0..workers_count {
+        let job_queue: Arc<dyn JobQueue> = backends.storage.clone();
+        workers.spawn(job_queue, handler.clone(), config.clone());
+    }
 }
 
 impl RunningNode {

@@ -106,6 +106,46 @@ struct Shared {
     /// lane hands their events straight to the slow lane, until a slow-lane attempt
     /// succeeds within the budget.
     slow: Mutex<HashSet<i64>>,
+    /// Slow-lane attempts in flight per subscription (at most [`SLOW_LANE_PER_SUBSCRIPTION`]).
+    slow_in_flight: Mutex<HashMap<i64, usize>>,
+}
+
+/// Most slow-lane attempts in flight to one subscription. Further slow-lane jobs of that
+/// subscription fail at once (retried with backoff) instead of waiting on a subscriber that
+/// hangs, so a worker's batch is held up by at most a few requests to it.
+pub const SLOW_LANE_PER_SUBSCRIPTION: usize = 4;
+
+/// A slow-lane slot of one subscription, given back on drop.
+struct SlowSlot<'a> {
+    shared: &'a Shared,
+    subscription_id: i64,
+}
+
+impl Drop for SlowSlot<'_> {
+    fn drop(&mut self) {
+        let mut in_flight = lock(&self.shared.slow_in_flight);
+        if let Some(count) = in_flight.get_mut(&self.subscription_id) {
+            *count -= 1;
+            if *count == 0 {
+                in_flight.remove(&self.subscription_id);
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn slow_slot(&self, subscription_id: i64) -> Option<SlowSlot<'_>> {
+        let mut in_flight = lock(&self.slow_in_flight);
+        let count = in_flight.entry(subscription_id).or_default();
+        if *count >= SLOW_LANE_PER_SUBSCRIPTION {
+            return None;
+        }
+        *count += 1;
+        Some(SlowSlot {
+            shared: self,
+            subscription_id,
+        })
+    }
 }
 
 /// POSTs an event's JSON to subscriptions' callbacks with `Content-Type`, `Link: <hub>;
@@ -124,7 +164,8 @@ struct Shared {
 ///   [`DeliverJob`] on the slow lane, enqueued in the same transaction as the fast-lane
 ///   job's ack. So one slow or dead subscriber costs the others at most one budget, once.
 /// - **slow lane** (`redeliver`, [`DeliverJob`]): one event, one subscription, the full
-///   `HubConfig::timeout`; failures are retried by the worker with exponential backoff
+///   `HubConfig::timeout`, at most [`SLOW_LANE_PER_SUBSCRIPTION`] attempts in flight per
+///   subscription; failures are retried by the worker with exponential backoff
 ///   (or after `Retry-After`) until the retry policy sends the delivery to the dead
 ///   letters. A delivery is thus tried once on the fast lane, then up to the slow lane's
 ///   `max_attempts` times.
@@ -374,6 +415,12 @@ impl Deliver {
             tracing::debug!(subscription_id, "subscription expired; delivery skipped");
             return Ok(Handled::Done);
         }
+        let Some(_slot) = self.shared.slow_slot(subscription_id) else {
+            return Err(JobError::transient(format!(
+                "{SLOW_LANE_PER_SUBSCRIPTION} deliveries to {} already in flight; attempt skipped",
+                subscription.callback
+            )));
+        };
         let event = self.load_event(&event_id).await?;
         let prepared = self.prepare(&event)?;
         let started = Instant::now();
