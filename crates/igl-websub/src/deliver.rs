@@ -102,9 +102,11 @@ struct Shared {
     /// When each subscription's last success was recorded: successes are written at most
     /// once a second per subscription (a write per delivery would cost a commit each).
     recorded_success: Mutex<HashMap<i64, Instant>>,
-    /// Subscriptions whose last attempt failed or overran the fast-lane budget: the fast
-    /// lane hands their events straight to the slow lane, until a slow-lane attempt
-    /// succeeds within the budget.
+    /// When each subscription's last failure was recorded (same rule as successes).
+    recorded_failure: Mutex<HashMap<i64, Instant>>,
+    /// Subscriptions whose last attempt failed or overran on the fast lane: the fast lane
+    /// hands their events straight to the slow lane, until a slow-lane attempt succeeds
+    /// within [`STRAGGLER_GRACE`] (and the budget).
     slow: Mutex<HashSet<i64>>,
     /// Slow-lane attempts in flight per subscription (at most [`SLOW_LANE_PER_SUBSCRIPTION`]).
     slow_in_flight: Mutex<HashMap<i64, usize>>,
@@ -158,11 +160,13 @@ impl Shared {
 /// - **fast lane** (`deliver`, [`DeliverBatchJob`]): the event is loaded and serialised
 ///   once, the subscriptions loaded in one query, and every callback POSTed concurrently
 ///   (at most `HubConfig::max_in_flight` requests in the process), each within
-///   `HubConfig::fanout_budget`. Every delivery that failed, overran the budget (its
-///   request is dropped; the subscriber may see the event twice and can drop the duplicate
-///   by its event id) or belongs to a subscription known to be slow or failing becomes a
-///   [`DeliverJob`] on the slow lane, enqueued in the same transaction as the fast-lane
-///   job's ack. So one slow or dead subscriber costs the others at most one budget, once.
+///   `HubConfig::fanout_budget`; once nine in ten of a batch (of at least ten) have
+///   answered, the rest get four times as long as that took (at least 250 ms). Every
+///   delivery that failed, overran (its request is dropped; the subscriber may see the
+///   event twice and can drop the duplicate by its event id) or belongs to a subscription
+///   known to be slow or failing becomes a [`DeliverJob`] on the slow lane, enqueued in
+///   the same transaction as the fast-lane job's ack. So one slow or dead subscriber holds
+///   the others up once, by about 250 ms (at most one budget), not on every event.
 /// - **slow lane** (`redeliver`, [`DeliverJob`]): one event, one subscription, the full
 ///   `HubConfig::timeout`, at most [`SLOW_LANE_PER_SUBSCRIPTION`] attempts in flight per
 ///   subscription; failures are retried by the worker with exponential backoff
@@ -220,6 +224,12 @@ impl Deliver {
     }
 
     async fn record_successes(&self, ids: &[i64]) {
+        {
+            let mut failures = lock(&self.shared.recorded_failure);
+            for id in ids {
+                failures.remove(id);
+            }
+        }
         let ids = self.successes_to_record(ids);
         if ids.is_empty() {
             return;
@@ -229,8 +239,20 @@ impl Deliver {
         }
     }
 
+    /// Records a failure for the subscription's health, at most once a second per
+    /// subscription (a down subscriber fails every delivery; each write is a commit).
     async fn record_failure(&self, subscription_id: i64, error: &str) {
         lock(&self.shared.recorded_success).remove(&subscription_id);
+        {
+            let now = Instant::now();
+            let mut recorded = lock(&self.shared.recorded_failure);
+            match recorded.get(&subscription_id) {
+                Some(at) if now.duration_since(*at) < Duration::from_secs(1) => return,
+                _ => {
+                    recorded.insert(subscription_id, now);
+                }
+            }
+        }
         if let Err(store_error) = self
             .storage
             .record_delivery(subscription_id, &DeliveryOutcome::Failed(error.to_owned()))
@@ -360,7 +382,31 @@ impl Deliver {
             });
         }
         let mut delivered = Vec::with_capacity(subscriptions.len());
-        while let Some((subscription, attempt)) = attempts.next().await {
+        let mut pending: HashSet<i64> = subscriptions
+            .iter()
+            .filter(|subscription| {
+                subscription.expires_at > now
+                    && !handed_over.iter().any(|(id, _)| *id == subscription.id)
+            })
+            .map(|subscription| subscription.id)
+            .collect();
+        let total = pending.len();
+        let started = Instant::now();
+        let mut cutoff: Option<Instant> = None;
+        loop {
+            let next = match cutoff {
+                Some(cutoff) => {
+                    match tokio::time::timeout_at(cutoff.into(), attempts.next()).await {
+                        Ok(next) => next,
+                        Err(_) => break,
+                    }
+                }
+                None => attempts.next().await,
+            };
+            let Some((subscription, attempt)) = next else {
+                break;
+            };
+            pending.remove(&subscription.id);
             match attempt {
                 Attempt::Delivered => delivered.push(subscription.id),
                 Attempt::Gone => self.remove_gone(subscription).await?,
@@ -371,8 +417,22 @@ impl Deliver {
                     handed_over.push((subscription.id, retry_after.unwrap_or(FIRST_RETRY)));
                 }
             }
+            // Once nine in ten have answered, the stragglers get four times as long as
+            // that took (at least STRAGGLER_GRACE, at most the budget).
+            if cutoff.is_none() && total >= 10 && (total - pending.len()) * 10 >= total * 9 {
+                let grace = (started.elapsed() * 4).clamp(STRAGGLER_GRACE, budget);
+                cutoff = Some(started + grace);
+            }
         }
         drop(attempts);
+        for subscription_id in pending {
+            tracing::debug!(
+                subscription = subscription_id,
+                "fast-lane delivery much slower than the others; handed to the slow lane"
+            );
+            self.set_slow(subscription_id, true);
+            handed_over.push((subscription_id, Duration::ZERO));
+        }
         self.record_successes(&delivered).await;
         if handed_over.is_empty() {
             return Ok(Handled::Done);
@@ -431,7 +491,7 @@ impl Deliver {
         };
         match attempt {
             Attempt::Delivered => {
-                if started.elapsed() < self.config.fanout_budget {
+                if started.elapsed() < STRAGGLER_GRACE.min(self.config.fanout_budget) {
                     self.set_slow(subscription_id, false);
                 }
                 self.record_successes(&[subscription_id]).await;
@@ -462,6 +522,10 @@ struct Prepared {
 }
 
 static JSON: HeaderValue = HeaderValue::from_static("application/json");
+
+/// The least time a fast-lane delivery gets when the others of its batch were quicker; a
+/// slow-lane delivery this quick brings its subscription back to the fast lane.
+const STRAGGLER_GRACE: Duration = Duration::from_millis(250);
 
 /// Delay before the slow lane's first try of a delivery that failed on the fast lane
 /// (without `Retry-After`).
