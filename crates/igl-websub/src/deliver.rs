@@ -365,6 +365,7 @@ impl Deliver {
         let prepared = self.prepare(&event)?;
         let budget = self.config.fanout_budget;
         let mut handed_over = Vec::new();
+        let mut pending = HashSet::with_capacity(subscriptions.len());
         let mut attempts = FuturesUnordered::new();
         for subscription in &subscriptions {
             if subscription.expires_at <= now {
@@ -374,6 +375,7 @@ impl Deliver {
                 handed_over.push((subscription.id, Duration::ZERO));
                 continue;
             }
+            pending.insert(subscription.id);
             let (event, prepared, semaphore) = (&event, &prepared, &self.in_flight);
             attempts.push(async move {
                 let _permit = semaphore.acquire().await;
@@ -382,14 +384,6 @@ impl Deliver {
             });
         }
         let mut delivered = Vec::with_capacity(subscriptions.len());
-        let mut pending: HashSet<i64> = subscriptions
-            .iter()
-            .filter(|subscription| {
-                subscription.expires_at > now
-                    && !handed_over.iter().any(|(id, _)| *id == subscription.id)
-            })
-            .map(|subscription| subscription.id)
-            .collect();
         let total = pending.len();
         let started = Instant::now();
         let mut cutoff: Option<Instant> = None;
