@@ -85,9 +85,10 @@ const SECONDS_BUCKETS: &[f64] = &[
 ];
 
 /// The queues of the message pipeline, reported by `/metrics` and `/api/v1/admin/queues`.
-pub fn known_queues() -> [QueueName; 8] {
+pub fn known_queues() -> [QueueName; 9] {
     use igl_core::pipeline::{
-        CHANNEL_MESSAGE_QUEUE, CHANNEL_POLL_QUEUE, DELIVER_QUEUE, SPREAD_QUEUE, VERIFY_QUEUE,
+        CHANNEL_MESSAGE_QUEUE, CHANNEL_POLL_QUEUE, DELIVER_QUEUE, REDELIVER_QUEUE, SPREAD_QUEUE,
+        VERIFY_QUEUE,
     };
     [
         PROCESS_QUEUE,
@@ -97,6 +98,7 @@ pub fn known_queues() -> [QueueName; 8] {
         OBJECT_RETRIEVAL_QUEUE,
         SPREAD_QUEUE,
         DELIVER_QUEUE,
+        REDELIVER_QUEUE,
         VERIFY_QUEUE,
     ]
 }

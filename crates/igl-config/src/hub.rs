@@ -8,6 +8,8 @@
 //! max_lease_secs = 31536000
 //! allow_private_callbacks = false          # loopback/private callback addresses (igl node --dev: true)
 //! timeout_secs = 10                        # per verification or delivery request
+//! fanout_budget_ms = 1000                  # first attempt within a fan-out; slower ones retry alone
+//! max_subscriptions = 100000               # new subscriptions beyond it are denied (hub.mode=denied)
 //! ```
 
 use serde::Deserialize;
@@ -31,6 +33,14 @@ pub struct HubSettings {
     pub allow_private_callbacks: bool,
     /// Timeout of each verification or delivery request, in seconds. Default 10.
     pub timeout_secs: u64,
+    /// How long the first attempt of a delivery, made together with every other
+    /// subscription of the event, may take before it is dropped and retried on its own (the
+    /// subscription is then served apart until it answers within this again), in
+    /// milliseconds. Default 1000; at most `timeout_secs`.
+    pub fanout_budget_ms: u64,
+    /// Most subscriptions the hub holds; a new subscription beyond it is denied
+    /// (`hub.mode=denied`). Default 100000.
+    pub max_subscriptions: u64,
 }
 
 impl Default for HubSettings {
@@ -42,6 +52,8 @@ impl Default for HubSettings {
             max_lease_secs: 365 * 24 * 3600,
             allow_private_callbacks: false,
             timeout_secs: 10,
+            fanout_budget_ms: 1000,
+            max_subscriptions: 100_000,
         }
     }
 }
@@ -59,6 +71,14 @@ impl HubSettings {
             problems.push(ConfigProblem::new(
                 "hub.default_lease_secs",
                 "must be between hub.min_lease_secs and hub.max_lease_secs",
+            ));
+        }
+        if self.fanout_budget_ms == 0
+            || self.fanout_budget_ms > self.timeout_secs.saturating_mul(1000)
+        {
+            problems.push(ConfigProblem::new(
+                "hub.fanout_budget_ms",
+                "must be at least 1 and at most hub.timeout_secs * 1000",
             ));
         }
         if !(1..=300).contains(&self.timeout_secs) {

@@ -25,8 +25,12 @@ pub const CHANNEL_POLL_QUEUE: QueueName = QueueName::from_static("channel-poll")
 
 /// Events waiting to be fanned out to matching subscriptions.
 pub const SPREAD_QUEUE: QueueName = QueueName::from_static("spread");
-/// Deliveries of events to subscribers' callbacks.
+/// Deliveries of events to subscribers' callbacks, first attempts (the hub's fast lane:
+/// one job per event and group of subscriptions).
 pub const DELIVER_QUEUE: QueueName = QueueName::from_static("deliver");
+/// Deliveries that failed or were slow on the fast lane, one job per event and
+/// subscription, retried with backoff and dead-lettered when the policy gives up.
+pub const REDELIVER_QUEUE: QueueName = QueueName::from_static("redeliver");
 /// WebSub intent verifications of subscribe/unsubscribe requests.
 pub const VERIFY_QUEUE: QueueName = QueueName::from_static("websub-verify");
 

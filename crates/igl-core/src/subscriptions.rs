@@ -121,6 +121,13 @@ pub trait SubscriptionStore: Send + Sync + std::fmt::Debug {
     /// The subscription with this id, if any.
     async fn subscription(&self, id: i64) -> Result<Option<Subscription>, StoreError>;
 
+    /// The subscriptions with these ids that still exist (expired ones included), in id
+    /// order: one query for a whole fan-out batch.
+    async fn subscriptions_by_id(&self, ids: &[i64]) -> Result<Vec<Subscription>, StoreError>;
+
+    /// How many subscriptions are stored (expired, not yet purged, included).
+    async fn subscription_count(&self) -> Result<u64, StoreError>;
+
     /// Unexpired subscriptions matching `event_topic`, at most one per callback (the most
     /// specific topic wins), ordered by id.
     async fn matching_subscriptions(
@@ -138,6 +145,9 @@ pub trait SubscriptionStore: Send + Sync + std::fmt::Debug {
 
     /// Records a delivery attempt's outcome on the subscription.
     async fn record_delivery(&self, id: i64, outcome: &DeliveryOutcome) -> Result<(), StoreError>;
+
+    /// Records a successful delivery on each of these subscriptions, in one statement.
+    async fn record_successes(&self, ids: &[i64]) -> Result<(), StoreError>;
 
     /// Deletes subscriptions whose lease ended before `now`; returns how many.
     async fn purge_expired(&self, now: Timestamp) -> Result<u64, StoreError>;

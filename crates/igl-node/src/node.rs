@@ -13,7 +13,7 @@ use igl_core::channel::Channels;
 use igl_core::ingest::{IngestConfig, MessageIngest};
 use igl_core::pipeline::{
     CHANNEL_MESSAGE_QUEUE, CHANNEL_POLL_QUEUE, DELIVER_QUEUE, OBJECT_RETRIEVAL_QUEUE,
-    PROCESS_QUEUE, ROUTE_QUEUE, SPREAD_QUEUE, VERIFY_QUEUE,
+    PROCESS_QUEUE, REDELIVER_QUEUE, ROUTE_QUEUE, SPREAD_QUEUE, VERIFY_QUEUE,
 };
 use igl_core::{JobQueue, ObjectStore, QueueName, Storage};
 use igl_domain::Jurisdiction;
@@ -196,11 +196,10 @@ fn pipeline_handlers(
         Component::Spreader,
         Arc::new(Spread::new(storage.clone())),
     );
-    add(
-        DELIVER_QUEUE,
-        Component::Deliverer,
-        Arc::new(Deliver::new(storage.clone(), http.clone(), hub.clone())),
-    );
+    // One deliverer for both lanes: they share which subscriptions are slow.
+    let deliver = Arc::new(Deliver::new(storage.clone(), http.clone(), hub.clone()));
+    add(DELIVER_QUEUE, Component::Deliverer, deliver.clone());
+    add(REDELIVER_QUEUE, Component::Deliverer, deliver);
     add(
         VERIFY_QUEUE,
         Component::Deliverer,
@@ -275,6 +274,9 @@ pub async fn start(
             allow_private: settings.hub.allow_private_callbacks,
         },
         timeout: Duration::from_secs(settings.hub.timeout_secs),
+        fanout_budget: Duration::from_millis(settings.hub.fanout_budget_ms),
+        max_in_flight: 1024,
+        max_subscriptions: settings.hub.max_subscriptions,
     };
 
     // One client per channel (with its timeouts and circuit breaker), shared by the
@@ -463,22 +465,30 @@ fn spawn_worker(
         };
     }
     // Deliveries and verifications wait on other parties' servers: handle many at once so
-    // one slow subscriber does not hold up the others.
-    let concurrency = if queue == DELIVER_QUEUE || queue == VERIFY_QUEUE {
-        128
+    // one slow subscriber does not hold up the others. A worker claims its next batch only
+    // once the whole batch is handled, so the delivery lanes run several workers with
+    // small batches: a batch held up by a slow subscriber stops one worker, not the lane.
+    let (workers_count, claim_batch, concurrency) = if queue == DELIVER_QUEUE {
+        (4, 8, 8)
+    } else if queue == REDELIVER_QUEUE {
+        (8, 16, 16)
+    } else if queue == VERIFY_QUEUE {
+        (1, settings.queue.claim_batch as usize, 128)
     } else {
-        16
+        (1, settings.queue.claim_batch as usize, 16)
     };
     let config = WorkerConfig {
-        claim_batch: settings.queue.claim_batch as usize,
+        claim_batch,
         concurrency,
         lease: settings.queue.lease(),
         idle_poll: settings.queue.poll_interval(),
         retry,
         ..WorkerConfig::new(queue)
     };
-    let job_queue: Arc<dyn JobQueue> = backends.storage.clone();
-    workers.spawn(job_queue, handler, config);
+    for _ in 0..workers_count {
+        let job_queue: Arc<dyn JobQueue> = backends.storage.clone();
+        workers.spawn(job_queue, handler.clone(), config.clone());
+    }
 }
 
 impl RunningNode {

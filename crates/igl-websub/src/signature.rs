@@ -9,10 +9,12 @@ pub fn sign(secret: &[u8], body: &[u8]) -> String {
         <Hmac<Sha256> as KeyInit>::new_from_slice(secret).expect("HMAC accepts keys of any length");
     mac.update(body);
     let digest = mac.finalize().into_bytes();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut hex = String::with_capacity(7 + digest.len() * 2);
     hex.push_str("sha256=");
     for byte in digest {
-        hex.push_str(&format!("{byte:02x}"));
+        hex.push(char::from(HEX[usize::from(byte >> 4)]));
+        hex.push(char::from(HEX[usize::from(byte & 0x0f)]));
     }
     hex
 }

@@ -8,7 +8,7 @@ use igl_domain::Timestamp;
 use igl_workers::{Handled, JobError, JobHandler};
 use serde::Deserialize;
 
-use crate::deliver::DeliverJob;
+use crate::deliver::{BATCH_SUBSCRIPTIONS, DeliverBatchJob};
 
 #[derive(Debug, Deserialize)]
 struct SpreadJob {
@@ -16,9 +16,9 @@ struct SpreadJob {
 }
 
 /// Looks up the subscriptions matching an event's topic (an index lookup of the topic's
-/// prefixes) and queues one `deliver.v1` job per callback, acking the spread job in the
-/// same unit of work. Delivery jobs are deduplicated by (event, subscription), so a
-/// repeated spread delivers once.
+/// prefixes, one subscription per callback) and queues `deliver-batch.v1` jobs covering
+/// them in groups of at most [`BATCH_SUBSCRIPTIONS`], acking the spread job in the same
+/// unit of work.
 #[derive(Debug, Clone)]
 pub struct Spread {
     storage: Arc<dyn Storage>,
@@ -50,11 +50,11 @@ impl JobHandler for Spread {
             .matching_subscriptions(&event.topic, Timestamp::now_utc())
             .await?;
         let deliveries: Vec<_> = subscriptions
-            .iter()
-            .map(|subscription| {
-                DeliverJob {
+            .chunks(BATCH_SUBSCRIPTIONS)
+            .map(|group| {
+                DeliverBatchJob {
                     event_id: event.id.clone(),
-                    subscription_id: subscription.id,
+                    subscription_ids: group.iter().map(|subscription| subscription.id).collect(),
                 }
                 .into_new_job()
             })
@@ -63,8 +63,8 @@ impl JobHandler for Spread {
         unit.enqueue(&deliveries).await?;
         unit.ack(&[job.receipt()]).await?;
         unit.commit().await?;
-        metrics::counter!("igl_websub_fanout_total").increment(deliveries.len() as u64);
-        tracing::debug!(event = %event.id, topic = %event.topic, deliveries = deliveries.len(), "event spread");
+        metrics::counter!("igl_websub_fanout_total").increment(subscriptions.len() as u64);
+        tracing::debug!(event = %event.id, topic = %event.topic, subscriptions = subscriptions.len(), "event spread");
         Ok(Handled::AckedInTransaction)
     }
 }

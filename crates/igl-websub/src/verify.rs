@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use igl_core::pipeline::VERIFY_QUEUE;
-use igl_core::subscriptions::{HubSecret, NewSubscription};
+use igl_core::subscriptions::{HubSecret, NewSubscription, topic_key};
 use igl_core::{ClaimedJob, NewJob, Storage};
 use igl_domain::Timestamp;
 use igl_workers::{Handled, JobError, JobHandler};
@@ -57,6 +57,10 @@ impl VerifyJob {
 /// `hub.topic`, a single-use random `hub.challenge` and `hub.lease_seconds`. Only a 2xx
 /// whose body equals the challenge activates (or removes) the subscription; any other
 /// answer leaves the previous state unchanged. Network failures are retried.
+///
+/// Before that, two policies: a callback the callback policy refuses (it may have changed
+/// since the request) is never contacted; a subscription the hub refuses by policy (see
+/// `HubConfig::max_subscriptions`) is denied with a `hub.mode=denied` notification.
 #[derive(Debug, Clone)]
 pub struct VerifyIntent {
     storage: Arc<dyn Storage>,
@@ -75,6 +79,53 @@ impl VerifyIntent {
     }
 }
 
+impl VerifyIntent {
+    /// Why the hub refuses this subscription by policy, if it does: a new (topic,
+    /// callback) pair beyond `HubConfig::max_subscriptions`. Renewals are never denied.
+    async fn denial(&self, request: &VerifyJob) -> Result<Option<String>, JobError> {
+        if self.storage.subscription_count().await? < self.config.max_subscriptions {
+            return Ok(None);
+        }
+        let key = topic_key(&request.topic);
+        let renewal = self
+            .storage
+            .matching_subscriptions(&request.topic, Timestamp::now_utc())
+            .await?
+            .iter()
+            .any(|s| s.callback == request.callback && s.topic_key == key);
+        Ok((!renewal).then(|| {
+            format!(
+                "the hub holds its maximum of {} subscriptions",
+                self.config.max_subscriptions
+            )
+        }))
+    }
+
+    /// Tells the subscriber its subscription was denied (W3C WebSub §5.2): GET the
+    /// callback with `hub.mode=denied`, `hub.topic` and `hub.reason`. The answer is not
+    /// looked at; a network failure retries the job (which checks the policy again).
+    async fn notify_denial(
+        &self,
+        mut url: url::Url,
+        request: &VerifyJob,
+        reason: &str,
+    ) -> Result<(), JobError> {
+        url.query_pairs_mut()
+            .append_pair("hub.mode", "denied")
+            .append_pair("hub.topic", &request.topic)
+            .append_pair("hub.reason", reason);
+        self.client
+            .get(url)
+            .timeout(self.config.timeout)
+            .send()
+            .await
+            .map_err(|error| JobError::transient(format!("denial notification failed: {error}")))?;
+        metrics::counter!("igl_websub_verifications_total", "outcome" => "denied").increment(1);
+        tracing::info!(callback = %request.callback, topic = %request.topic, %reason, "subscription denied; subscriber notified");
+        Ok(())
+    }
+}
+
 #[async_trait]
 impl JobHandler for VerifyIntent {
     fn name(&self) -> &'static str {
@@ -84,8 +135,23 @@ impl JobHandler for VerifyIntent {
     async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError> {
         let request: VerifyJob =
             serde_json::from_value(job.payload.clone()).map_err(JobError::permanent)?;
-        let mut url = check_callback(&request.callback, self.config.callbacks)
-            .map_err(JobError::permanent)?;
+        let mut url = match check_callback(&request.callback, self.config.callbacks) {
+            Ok(url) => url,
+            Err(reason) => {
+                // The policy may have changed since the request was accepted. A callback
+                // the policy refuses is never contacted, not even to tell it so.
+                tracing::warn!(callback = %request.callback, %reason, "callback refused by the callback policy; not contacted");
+                metrics::counter!("igl_websub_verifications_total", "outcome" => "refused-callback")
+                    .increment(1);
+                return Ok(Handled::Done);
+            }
+        };
+        if request.mode == "subscribe"
+            && let Some(reason) = self.denial(&request).await?
+        {
+            self.notify_denial(url, &request, &reason).await?;
+            return Ok(Handled::Done);
+        }
         let challenge = format!(
             "{}{}",
             uuid::Uuid::new_v4().simple(),

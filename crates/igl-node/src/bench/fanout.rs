@@ -1,9 +1,12 @@
 //! `igl bench fanout`: signed WebSub deliveries per second to many local subscribers.
 //!
-//! Starts a node with only the spreader and deliverer, registers `--subscribers`
+//! Starts a node with only the spreader and deliverer, registers `--subscribers` healthy
 //! subscriptions (with secrets) to one topic, served by one local HTTP server that checks
-//! every signature, then appends `--events` events and measures deliveries per second and
-//! event-to-delivery latency (append committed → subscriber received).
+//! every signature, plus `--down` subscriptions whose callbacks refuse connections
+//! (`--down-mode refuse`) or accept them and never answer (`--down-mode hang`). Then it
+//! appends `--events` events, all at once (default) or at a steady `--rate` per second,
+//! and measures deliveries per second and event-to-delivery latency (append committed →
+//! healthy subscriber received), over the healthy subscribers only.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -15,7 +18,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
-use clap::Args;
+use clap::{Args, ValueEnum};
 use igl_config::Component;
 use igl_core::NewEvent;
 use igl_core::subscriptions::{HubSecret, NewSubscription};
@@ -24,10 +27,20 @@ use serde::Serialize;
 use super::local::LocalNode;
 use super::report::Environment;
 
+/// How the `--down` subscribers fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DownMode {
+    /// Their port refuses connections.
+    Refuse,
+    /// Their server accepts connections and never answers (the hub times out).
+    Hang,
+}
+
 /// Arguments of `igl bench fanout`.
 #[derive(Debug, Args)]
 pub struct FanoutBenchArgs {
-    /// Subscriptions (each with its own callback URL and secret).
+    /// Healthy subscriptions (each with its own callback URL and secret).
     #[arg(long, default_value_t = 100)]
     pub subscribers: usize,
     /// Events appended.
@@ -37,6 +50,18 @@ pub struct FanoutBenchArgs {
     /// SQLite in a temporary directory.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Append events at this steady rate per second instead of all at once.
+    #[arg(long)]
+    pub rate: Option<f64>,
+    /// Extra subscriptions whose callbacks are down (not counted in the results).
+    #[arg(long, default_value_t = 0)]
+    pub down: usize,
+    /// How the down subscribers fail.
+    #[arg(long, value_enum, default_value_t = DownMode::Refuse)]
+    pub down_mode: DownMode,
+    /// `hub.fanout_budget_ms` of the node.
+    #[arg(long, default_value_t = 1000)]
+    pub fanout_budget_ms: u64,
     /// Also write the result as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
@@ -48,7 +73,11 @@ struct FanoutResult {
     backend: String,
     subscribers: usize,
     events: usize,
+    rate: Option<f64>,
+    down: usize,
+    down_mode: DownMode,
     deliveries: usize,
+    duplicates: usize,
     bad_signatures: usize,
     seconds: f64,
     deliveries_per_second: f64,
@@ -62,7 +91,10 @@ const SECRET: &str = "bench-fanout-secret";
 
 #[derive(Default)]
 struct Arrivals {
+    /// First arrival of each (event, subscriber).
     times: Vec<(String, Instant)>,
+    seen: std::collections::HashSet<(String, usize)>,
+    duplicates: usize,
     bad_signatures: usize,
 }
 
@@ -70,7 +102,7 @@ type Shared = Arc<Mutex<Arrivals>>;
 
 async fn receive(
     State(arrivals): State<Shared>,
-    Path(_subscriber): Path<usize>,
+    Path(subscriber): Path<usize>,
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> StatusCode {
@@ -88,8 +120,43 @@ async fn receive(
     if !valid {
         arrivals.bad_signatures += 1;
     }
-    arrivals.times.push((event.to_owned(), now));
+    if arrivals.seen.insert((event.to_owned(), subscriber)) {
+        arrivals.times.push((event.to_owned(), now));
+    } else {
+        arrivals.duplicates += 1;
+    }
     StatusCode::OK
+}
+
+/// A base URL whose callbacks fail as `mode` says; the returned task keeps a hanging
+/// server alive.
+async fn down_base(
+    mode: DownMode,
+) -> anyhow::Result<(String, Option<tokio::task::JoinHandle<()>>)> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    match mode {
+        DownMode::Refuse => {
+            drop(listener);
+            Ok((base, None))
+        }
+        DownMode::Hang => {
+            let task = tokio::spawn(async move {
+                let mut held = Vec::new();
+                while let Ok((socket, _)) = listener.accept().await {
+                    held.push(socket);
+                }
+            });
+            Ok((base, Some(task)))
+        }
+    }
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 * q).ceil() as usize).clamp(1, sorted.len()) - 1]
 }
 
 /// Runs the benchmark.
@@ -101,32 +168,45 @@ pub async fn run_fanout_bench(args: FanoutBenchArgs) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(async move { axum::serve(listener, app).await });
+    let (down_base, hang_task) = down_base(args.down_mode).await?;
 
     let node = LocalNode::start(
         args.database_url.as_deref(),
         vec![Component::Spreader, Component::Deliverer],
         |settings| {
             settings.hub.allow_private_callbacks = true;
+            settings.hub.fanout_budget_ms = args.fanout_budget_ms;
             settings.queue.poll_interval_ms = 50;
         },
     )
     .await?;
     let storage = node.storage();
-    for subscriber in 0..args.subscribers {
+    let expires_at = igl_domain::Timestamp::now_utc() + time::Duration::days(1);
+    let callbacks = (0..args.subscribers)
+        .map(|i| format!("{base}/cb/{i}"))
+        .chain((0..args.down).map(|i| format!("{down_base}/cb/{i}")));
+    for callback in callbacks {
         storage
             .upsert_subscription(&NewSubscription {
                 topic: "UN.CEFACT.*".into(),
-                callback: format!("{base}/cb/{subscriber}"),
+                callback,
                 secret: Some(HubSecret(SECRET.into())),
-                expires_at: igl_domain::Timestamp::now_utc() + time::Duration::days(1),
+                expires_at,
             })
             .await?;
     }
 
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
-    let mut published = HashMap::new();
+    let published: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let started = Instant::now();
+    let interval = args
+        .rate
+        .map(|rate| Duration::from_secs_f64(1.0 / rate.max(0.001)));
     for event in 0..args.events {
+        if let Some(interval) = interval {
+            let due = started + interval.mul_f64(event as f64);
+            tokio::time::sleep_until(due.into()).await;
+        }
         let id = format!("bench-{run}-{event}");
         let mut unit = storage.begin().await?;
         unit.append_event(&NewEvent {
@@ -139,7 +219,10 @@ pub async fn run_fanout_bench(args: FanoutBenchArgs) -> anyhow::Result<()> {
         })
         .await?;
         unit.commit().await?;
-        published.insert(id, Instant::now());
+        published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, Instant::now());
     }
     let expected = args.subscribers * args.events;
     let deadline = Instant::now() + Duration::from_secs(300);
@@ -159,6 +242,7 @@ pub async fn run_fanout_bench(args: FanoutBenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let arrivals = std::mem::take(&mut *arrivals.lock().unwrap_or_else(|p| p.into_inner()));
+    let published = std::mem::take(&mut *published.lock().unwrap_or_else(|p| p.into_inner()));
     let last = arrivals
         .times
         .iter()
@@ -176,28 +260,34 @@ pub async fn run_fanout_bench(args: FanoutBenchArgs) -> anyhow::Result<()> {
         })
         .collect();
     latencies.sort_by(f64::total_cmp);
-    let pick = |q: f64| {
-        latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1]
-    };
     let result = FanoutResult {
         benchmark: "fanout",
         backend: node.backend.clone(),
         subscribers: args.subscribers,
         events: args.events,
+        rate: args.rate,
+        down: args.down,
+        down_mode: args.down_mode,
         deliveries: arrivals.times.len(),
+        duplicates: arrivals.duplicates,
         bad_signatures: arrivals.bad_signatures,
         seconds,
         deliveries_per_second: arrivals.times.len() as f64 / seconds,
-        latency_ms_p50: pick(0.5),
-        latency_ms_p99: pick(0.99),
-        latency_ms_max: pick(1.0),
+        latency_ms_p50: percentile(&latencies, 0.5),
+        latency_ms_p99: percentile(&latencies, 0.99),
+        latency_ms_max: percentile(&latencies, 1.0),
         environment: Environment::detect(),
     };
     println!(
-        "fanout benchmark: backend={} subscribers={} events={} cores={} commit={}",
+        "fanout benchmark: backend={} subscribers={} down={} ({:?}) events={} rate={} cores={} commit={}",
         result.backend,
         result.subscribers,
+        result.down,
+        result.down_mode,
         result.events,
+        result
+            .rate
+            .map_or_else(|| "burst".to_owned(), |rate| format!("{rate}/s")),
         result.environment.cores,
         result
             .environment
@@ -206,22 +296,29 @@ pub async fn run_fanout_bench(args: FanoutBenchArgs) -> anyhow::Result<()> {
             .unwrap_or("unknown")
     );
     println!(
-        "{:>10} {:>8} {:>12} {:>8} {:>8} {:>8} {:>6}",
-        "deliveries", "seconds", "delivered/s", "p50 ms", "p99 ms", "max ms", "badsig"
+        "{:>10} {:>8} {:>12} {:>8} {:>8} {:>8} {:>6} {:>6}",
+        "deliveries", "seconds", "delivered/s", "p50 ms", "p99 ms", "max ms", "dups", "badsig"
     );
     println!(
-        "{:>10} {:>8.2} {:>12.0} {:>8.1} {:>8.1} {:>8.1} {:>6}",
+        "{:>10} {:>8.2} {:>12.0} {:>8.1} {:>8.1} {:>8.1} {:>6} {:>6}",
         result.deliveries,
         result.seconds,
         result.deliveries_per_second,
         result.latency_ms_p50,
         result.latency_ms_p99,
         result.latency_ms_max,
+        result.duplicates,
         result.bad_signatures
+    );
+    println!(
+        "(healthy subscribers only; deliveries counts each (event, subscriber) once, dups the repeats)"
     );
     if let Some(path) = &args.json {
         std::fs::write(path, serde_json::to_string_pretty(&result)?)?;
     }
     node.stop().await?;
+    if let Some(task) = hang_task {
+        task.abort();
+    }
     Ok(())
 }

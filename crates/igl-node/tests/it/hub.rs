@@ -1,9 +1,10 @@
-//! The WebSub hub over HTTP with a real callback server: subscription requests, intent
-//! verification, signed fan-out delivery, failures (websub.rocks hub tests 100-106
-//! behaviours: typical subscribe, secret → valid signature, extra parameters ignored,
-//! re-subscribe updates, unsubscribe stops delivery).
+//! The WebSub hub over HTTP with a real callback server: the subscriber used by these
+//! tests and `websub_conformance`, malformed requests, and delivery under failure
+//! (subscriber failing for a while, down past the retry policy → dead letters → replay,
+//! 410, and a subscriber outage spanning a node restart).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -11,27 +12,49 @@ use axum::Router;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
-use igl_core::pipeline::{DELIVER_QUEUE, PROCESS_QUEUE, SPREAD_QUEUE, VERIFY_QUEUE};
+use igl_core::pipeline::{
+    DELIVER_QUEUE, PROCESS_QUEUE, REDELIVER_QUEUE, ROUTE_QUEUE, SPREAD_QUEUE, VERIFY_QUEUE,
+};
 use igl_domain::Multihash;
+use igl_workers::RetryPolicy;
 use reqwest::Method;
 use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
 
-use crate::support::{TestNode, json};
+use crate::support::{Database, TestNode, fresh_schema, json};
 
-/// A subscriber's callback endpoint.
+/// What a subscriber's callback endpoint saw and how it answers.
 #[derive(Default)]
-struct Subscriber {
-    /// Verification requests seen (query parameters).
-    verifications: Vec<HashMap<String, String>>,
+pub struct Subscriber {
+    /// Verification and denial requests seen (query parameters).
+    pub verifications: Vec<HashMap<String, String>>,
     /// Deliveries seen: headers and body.
-    deliveries: Vec<(HeaderMap, Vec<u8>)>,
+    pub deliveries: Vec<(HeaderMap, Vec<u8>)>,
+    /// The status each delivery was answered with.
+    pub statuses: Vec<StatusCode>,
     /// Echo a wrong challenge (refuse verification).
-    refuse: bool,
-    /// Status codes to answer deliveries with, in order; 200 when exhausted.
-    answers: Vec<StatusCode>,
+    pub refuse: bool,
+    /// Status codes to answer deliveries with, in order; `ok` when exhausted.
+    pub answers: Vec<StatusCode>,
+    /// The answer to deliveries once `answers` is exhausted (200 when unset).
+    pub ok: Option<StatusCode>,
+    /// Answer deliveries only after this long.
+    pub delay: Option<Duration>,
 }
 
-type Shared = Arc<Mutex<Subscriber>>;
+impl Subscriber {
+    /// The `x-igl-event-id`s of the deliveries answered with a 2xx.
+    pub fn event_ids(&self) -> BTreeSet<String> {
+        self.deliveries
+            .iter()
+            .zip(&self.statuses)
+            .filter(|(_, status)| status.is_success())
+            .map(|((headers, _), _)| headers["x-igl-event-id"].to_str().unwrap().to_owned())
+            .collect()
+    }
+}
+
+pub type Shared = Arc<Mutex<Subscriber>>;
 
 async fn verify(
     State(state): State<Shared>,
@@ -52,27 +75,84 @@ async fn deliver(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> StatusCode {
+    let delay = state.lock().unwrap().delay;
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut subscriber = state.lock().unwrap();
     subscriber.deliveries.push((headers, body.to_vec()));
-    if subscriber.answers.is_empty() {
-        StatusCode::OK
+    let status = if subscriber.answers.is_empty() {
+        subscriber.ok.unwrap_or(StatusCode::OK)
     } else {
         subscriber.answers.remove(0)
+    };
+    subscriber.statuses.push(status);
+    status
+}
+
+/// A subscriber's HTTP server that can go down (its port then refuses connections) and
+/// come back on the same port.
+pub struct CallbackServer {
+    /// `http://127.0.0.1:<port>/cb?client=42` (a query string the hub must keep).
+    pub url: String,
+    /// What it saw.
+    pub state: Shared,
+    addr: SocketAddr,
+    stop: Option<(CancellationToken, tokio::task::JoinHandle<()>)>,
+}
+
+impl CallbackServer {
+    /// Starts a subscriber on a free port.
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let mut server = Self {
+            url: format!("http://{addr}/cb?client=42"),
+            state: Arc::default(),
+            addr,
+            stop: None,
+        };
+        server.serve(listener);
+        server
+    }
+
+    fn serve(&mut self, listener: tokio::net::TcpListener) {
+        let app = Router::new()
+            .route("/cb", get(verify).post(deliver))
+            .with_state(self.state.clone());
+        let token = CancellationToken::new();
+        let stop = token.clone();
+        let task = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+                .unwrap();
+        });
+        self.stop = Some((token, task));
+    }
+
+    /// Stops serving: connections to the port are refused until [`CallbackServer::up`].
+    pub async fn down(&mut self) {
+        if let Some((token, task)) = self.stop.take() {
+            token.cancel();
+            task.await.unwrap();
+        }
+    }
+
+    /// Serves again on the same port.
+    pub async fn up(&mut self) {
+        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        self.serve(listener);
+    }
+
+    /// The state, locked.
+    pub fn seen(&self) -> std::sync::MutexGuard<'_, Subscriber> {
+        self.state.lock().unwrap()
     }
 }
 
-async fn start_subscriber() -> (String, Shared) {
-    let state: Shared = Arc::default();
-    let app = Router::new()
-        .route("/cb", get(verify).post(deliver))
-        .with_state(state.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/cb?client=42", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (url, state)
-}
-
-async fn subscribe(node: &TestNode, fields: &[(&str, &str)]) -> reqwest::Response {
+/// POSTs a form-encoded subscription request to the hub.
+pub async fn subscribe(node: &TestNode, fields: &[(&str, &str)]) -> reqwest::Response {
     node.request(Method::POST, "/api/v1/subscriptions")
         .form(fields)
         .send()
@@ -80,7 +160,30 @@ async fn subscribe(node: &TestNode, fields: &[(&str, &str)]) -> reqwest::Respons
         .unwrap()
 }
 
-fn coo(sender_ref: &str) -> Value {
+/// Subscribes `callback` to `topic` (optionally with a secret) and verifies the intent.
+pub async fn subscribe_verified(
+    node: &TestNode,
+    topic: &str,
+    callback: &str,
+    secret: Option<&str>,
+) {
+    let mut fields = vec![
+        ("hub.mode", "subscribe"),
+        ("hub.topic", topic),
+        ("hub.callback", callback),
+    ];
+    if let Some(secret) = secret {
+        fields.push(("hub.secret", secret));
+    }
+    assert_eq!(
+        subscribe(node, &fields).await.status(),
+        StatusCode::ACCEPTED
+    );
+    assert_eq!(node.drain(VERIFY_QUEUE).await.done, 1);
+}
+
+/// An outbound certificate of origin with this sender_ref.
+pub fn coo(sender_ref: &str) -> Value {
     json!({
         "sender": "AU", "receiver": "SG", "subject": "AU.abn.1",
         "obj": Multihash::of(b"coo").to_string(),
@@ -88,155 +191,49 @@ fn coo(sender_ref: &str) -> Value {
     })
 }
 
-/// Runs the pipeline until events are delivered: process, spread, deliver.
-async fn pump(node: &TestNode) {
+/// The subscriptions listed by the operator API.
+pub async fn listed(node: &TestNode) -> Vec<Value> {
+    json(node.get("/api/v1/subscriptions").await).await["subscriptions"]
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+/// Runs the pipeline until events are delivered: process, spread, deliver (fast lane).
+pub async fn pump(node: &TestNode) {
     node.drain(PROCESS_QUEUE).await;
     node.drain(SPREAD_QUEUE).await;
     node.drain(DELIVER_QUEUE).await;
 }
 
-#[tokio::test]
-async fn subscribe_with_secret_verify_and_receive_signed_events() {
-    let node = TestNode::start().await;
-    let (callback, subscriber) = start_subscriber().await;
-    let response = subscribe(
-        &node,
-        &[
-            ("hub.mode", "subscribe"),
-            ("hub.topic", "UN.CEFACT.*"),
-            ("hub.callback", &callback),
-            ("hub.secret", "s3cret"),
-            ("hub.lease_seconds", "7200"),
-            ("hub.extra", "ignored"),
-        ],
-    )
-    .await;
-    assert_eq!(response.status(), StatusCode::ACCEPTED);
-    assert_eq!(node.drain(VERIFY_QUEUE).await.done, 1);
-    {
-        let seen = subscriber.lock().unwrap();
-        let query = &seen.verifications[0];
-        assert_eq!(query["hub.mode"], "subscribe");
-        assert_eq!(query["hub.topic"], "UN.CEFACT.*");
-        assert_eq!(query["hub.lease_seconds"], "7200");
-        assert_eq!(query["client"], "42", "the callback's query string is kept");
-        assert!(query["hub.challenge"].len() >= 32);
+/// A slow-lane retry policy for tests: `attempts` tries, 20 ms apart.
+fn quick_retries(attempts: u32) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: attempts,
+        base_delay: Duration::from_millis(20),
+        max_delay: Duration::from_millis(20),
     }
-    let listing = json(node.get("/api/v1/subscriptions").await).await;
-    assert_eq!(listing["subscriptions"].as_array().unwrap().len(), 1);
-    assert_eq!(listing["subscriptions"][0]["has_secret"], true);
-
-    node.post_json("/api/v1/messages", &coo("hub-1")).await;
-    pump(&node).await;
-    let seen = subscriber.lock().unwrap();
-    assert_eq!(
-        seen.deliveries.len(),
-        1,
-        "one delivery: the fat ping on the predicate"
-    );
-    let (headers, body) = &seen.deliveries[0];
-    let payload: Value = serde_json::from_slice(body).unwrap();
-    assert_eq!(payload["sender_ref"], "hub-1");
-    assert!(payload.get("status").is_none());
-    assert_eq!(headers["content-type"], "application/json");
-    let signature = headers["x-hub-signature"].to_str().unwrap();
-    assert!(
-        igl_websub::signature::verify(b"s3cret", body, signature),
-        "valid signature"
-    );
-    let link = headers["link"].to_str().unwrap();
-    assert!(
-        link.contains("rel=\"hub\"")
-            && link.contains("<UN.CEFACT.Trade.CertificateOfOrigin.created>; rel=\"self\""),
-        "{link}"
-    );
-    assert_eq!(headers["x-igl-event-id"], "AU:hub-1/stored");
 }
 
-#[tokio::test]
-async fn resubscribe_updates_and_unsubscribe_stops_delivery() {
-    let node = TestNode::start().await;
-    let (callback, subscriber) = start_subscriber().await;
-    for _ in 0..2 {
-        let fields = [
-            ("hub.mode", "subscribe"),
-            ("hub.topic", "message.*"),
-            ("hub.callback", callback.as_str()),
-        ];
-        assert_eq!(
-            subscribe(&node, &fields).await.status(),
-            StatusCode::ACCEPTED
-        );
-        node.drain(VERIFY_QUEUE).await;
+/// Drains the slow lane (with quick retries) until `done` holds, failing after 30 s.
+async fn redeliver_until(node: &TestNode, attempts: u32, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !done() {
+        assert!(Instant::now() < deadline, "condition not met in 30 s");
+        node.drain_with_retry(REDELIVER_QUEUE, quick_retries(attempts))
+            .await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let listing = json(node.get("/api/v1/subscriptions").await).await;
-    assert_eq!(
-        listing["subscriptions"].as_array().unwrap().len(),
-        1,
-        "updated, not duplicated"
-    );
-
-    node.post_json("/api/v1/messages", &coo("m1")).await;
-    pump(&node).await;
-    assert_eq!(
-        subscriber.lock().unwrap().deliveries.len(),
-        1,
-        "the light ping message.m1.received"
-    );
-
-    let fields = [
-        ("hub.mode", "unsubscribe"),
-        ("hub.topic", "message.*"),
-        ("hub.callback", callback.as_str()),
-    ];
-    assert_eq!(
-        subscribe(&node, &fields).await.status(),
-        StatusCode::ACCEPTED
-    );
-    node.drain(VERIFY_QUEUE).await;
-    assert_eq!(
-        subscriber.lock().unwrap().verifications.last().unwrap()["hub.mode"],
-        "unsubscribe"
-    );
-    node.post_json("/api/v1/messages", &coo("m2")).await;
-    pump(&node).await;
-    assert_eq!(
-        subscriber.lock().unwrap().deliveries.len(),
-        1,
-        "nothing after unsubscribing"
-    );
-    assert_eq!(
-        subscribe(&node, &fields).await.status(),
-        StatusCode::NOT_FOUND
-    );
-}
-
-#[tokio::test]
-async fn failed_verification_changes_nothing() {
-    let node = TestNode::start().await;
-    let (callback, subscriber) = start_subscriber().await;
-    subscriber.lock().unwrap().refuse = true;
-    let fields = [
-        ("hub.mode", "subscribe"),
-        ("hub.topic", "message.*"),
-        ("hub.callback", callback.as_str()),
-    ];
-    assert_eq!(
-        subscribe(&node, &fields).await.status(),
-        StatusCode::ACCEPTED
-    );
-    node.drain(VERIFY_QUEUE).await;
-    let listing = json(node.get("/api/v1/subscriptions").await).await;
-    assert!(listing["subscriptions"].as_array().unwrap().is_empty());
 }
 
 #[tokio::test]
 async fn malformed_requests_get_the_reference_errors_and_never_500() {
     let node = TestNode::start().await;
-    let (callback, _) = start_subscriber().await;
+    let server = CallbackServer::start().await;
+    let callback = server.url.as_str();
     let cases: Vec<(Vec<(&str, &str)>, &str)> = vec![
         (
-            vec![("hub.mode", "subscribe"), ("hub.callback", &callback)],
+            vec![("hub.mode", "subscribe"), ("hub.callback", callback)],
             "missing-attributes-error",
         ),
         (
@@ -251,7 +248,7 @@ async fn malformed_requests_get_the_reference_errors_and_never_500() {
             vec![
                 ("hub.mode", "subscribe"),
                 ("hub.topic", "a.b*"),
-                ("hub.callback", &callback),
+                ("hub.callback", callback),
             ],
             "topic-validation-error",
         ),
@@ -259,7 +256,7 @@ async fn malformed_requests_get_the_reference_errors_and_never_500() {
             vec![
                 ("hub.mode", "subscribe"),
                 ("hub.topic", "UN.CEFACT"),
-                ("hub.callback", &callback),
+                ("hub.callback", callback),
             ],
             "topic-validation-error",
         ),
@@ -267,7 +264,7 @@ async fn malformed_requests_get_the_reference_errors_and_never_500() {
             vec![
                 ("hub.mode", "subscribe"),
                 ("hub.topic", "a.b"),
-                ("hub.callback", &callback),
+                ("hub.callback", callback),
                 ("hub.lease_seconds", "soon"),
             ],
             "lease-seconds-validation-error",
@@ -276,7 +273,7 @@ async fn malformed_requests_get_the_reference_errors_and_never_500() {
             vec![
                 ("hub.mode", "subscribe"),
                 ("hub.topic", "a.b"),
-                ("hub.callback", &callback),
+                ("hub.callback", callback),
                 ("hub.lease_seconds", "10"),
             ],
             "lease-seconds-validation-error",
@@ -285,7 +282,7 @@ async fn malformed_requests_get_the_reference_errors_and_never_500() {
             vec![
                 ("hub.mode", "publish"),
                 ("hub.topic", "a.b"),
-                ("hub.callback", &callback),
+                ("hub.callback", callback),
             ],
             "unknown-mode-error",
         ),
@@ -302,7 +299,7 @@ async fn malformed_requests_get_the_reference_errors_and_never_500() {
     let star = [
         ("hub.mode", "subscribe"),
         ("hub.topic", "*"),
-        ("hub.callback", callback.as_str()),
+        ("hub.callback", callback),
     ];
     assert_eq!(subscribe(&node, &star).await.status(), StatusCode::ACCEPTED);
     let json_body = node
@@ -319,42 +316,238 @@ async fn malformed_requests_get_the_reference_errors_and_never_500() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+    assert!(
+        server.seen().verifications.is_empty(),
+        "nothing verified before the queue runs"
+    );
 }
 
+/// A subscriber answering 500 then 503 gets every event on the slow lane; its health shows
+/// an error and the last success.
 #[tokio::test]
-async fn failing_subscriber_gets_every_event_and_410_ends_the_subscription() {
+async fn subscriber_failing_for_a_while_gets_every_event() {
     let node = TestNode::start().await;
-    let (callback, subscriber) = start_subscriber().await;
-    let fields = [
-        ("hub.mode", "subscribe"),
-        ("hub.topic", "message.*"),
-        ("hub.callback", callback.as_str()),
-    ];
-    subscribe(&node, &fields).await;
-    node.drain(VERIFY_QUEUE).await;
-    subscriber.lock().unwrap().answers = vec![
+    let server = CallbackServer::start().await;
+    subscribe_verified(&node, "message.*", &server.url, None).await;
+    server.seen().answers = vec![
         StatusCode::INTERNAL_SERVER_ERROR,
         StatusCode::SERVICE_UNAVAILABLE,
     ];
-    node.post_json("/api/v1/messages", &coo("flaky")).await;
+    for reference in ["flaky-1", "flaky-2"] {
+        node.post_json("/api/v1/messages", &coo(reference)).await;
+    }
+    pump(&node).await;
+    let expected: BTreeSet<String> = ["AU:flaky-1/received", "AU:flaky-2/received"]
+        .map(String::from)
+        .into();
+    redeliver_until(&node, 10, || server.seen().event_ids() == expected).await;
+    assert_eq!(
+        server.seen().deliveries.len(),
+        4,
+        "two failed attempts, then one delivery per event"
+    );
+    let health = &listed(&node).await[0];
+    assert!(health["last_success_at"].is_string(), "{health}");
+    // Failures are recorded at most once a second per subscription: the 500 or the 503.
+    assert!(
+        health["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("answered 50"),
+        "{health}"
+    );
+    assert!(health["last_failure_at"].is_string(), "{health}");
+}
+
+/// A subscriber down longer than the retry policy: its deliveries become dead letters on
+/// the `redeliver` queue, visible in the admin API; once it is back, replaying them
+/// delivers them. The subscription itself stays and receives new events.
+#[tokio::test]
+async fn subscriber_down_past_the_policy_gets_dead_letters_that_replay_delivers() {
+    let node = TestNode::start().await;
+    let mut server = CallbackServer::start().await;
+    subscribe_verified(&node, "message.*", &server.url, Some("dl-secret")).await;
+    server.down().await;
+    node.post_json("/api/v1/messages", &coo("dl-1")).await;
     pump(&node).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while subscriber.lock().unwrap().deliveries.len() < 3 {
-        assert!(Instant::now() < deadline, "retries did not deliver");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        node.drain(DELIVER_QUEUE).await;
+    loop {
+        let report = node
+            .drain_with_retry(REDELIVER_QUEUE, quick_retries(3))
+            .await;
+        let depth = node.storage().depth(&REDELIVER_QUEUE).await.unwrap();
+        if depth.dead == 1 && report.claimed == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not dead-lettered: {depth:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let health = json(node.get("/api/v1/subscriptions").await).await;
-    let subscription = &health["subscriptions"][0];
-    assert!(subscription["last_success_at"].is_string());
-    assert!(subscription["last_error"].as_str().unwrap().contains("503"));
-
-    subscriber.lock().unwrap().answers = vec![StatusCode::GONE];
-    node.post_json("/api/v1/messages", &coo("gone")).await;
-    pump(&node).await;
-    let listing = json(node.get("/api/v1/subscriptions").await).await;
+    let page = json(node.get("/api/v1/admin/dead-letters?queue=redeliver").await).await;
+    let letters = page["dead_letters"].as_array().unwrap();
+    assert_eq!(letters.len(), 1, "{page}");
+    assert_eq!(letters[0]["payload"]["event_id"], "AU:dl-1/received");
+    assert_eq!(letters[0]["attempts"], 3);
     assert!(
-        listing["subscriptions"].as_array().unwrap().is_empty(),
-        "410 removed it"
+        letters[0]["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("failed"),
+        "{page}"
     );
+    assert_eq!(listed(&node).await.len(), 1, "the subscription stays");
+
+    server.up().await;
+    let id = letters[0]["id"].as_i64().unwrap();
+    let replay = node
+        .request(
+            Method::POST,
+            &format!("/api/v1/admin/dead-letters/{id}/replay"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), StatusCode::OK);
+    redeliver_until(&node, 3, || !server.seen().deliveries.is_empty()).await;
+    {
+        let seen = server.seen();
+        let (headers, body) = &seen.deliveries[0];
+        assert_eq!(headers["x-igl-event-id"], "AU:dl-1/received");
+        assert!(igl_websub::signature::verify(
+            b"dl-secret",
+            body,
+            headers["x-hub-signature"].to_str().unwrap()
+        ));
+    }
+    // New events reach it again.
+    node.post_json("/api/v1/messages", &coo("dl-2")).await;
+    pump(&node).await;
+    redeliver_until(&node, 3, || {
+        server.seen().event_ids().contains("AU:dl-2/received")
+    })
+    .await;
+}
+
+/// Done-when of issue 5: a subscriber with a secret receives every status change of its
+/// messages, signed, across its own outage and a node restart (stop, start a new node on
+/// the same data directory, deliveries resume, nothing lost).
+#[tokio::test]
+async fn every_status_change_arrives_across_a_subscriber_outage_and_a_node_restart() {
+    outage_and_restart(Database::Sqlite).await;
+}
+
+/// [`every_status_change_arrives_across_a_subscriber_outage_and_a_node_restart`] on
+/// PostgreSQL.
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+#[tokio::test]
+async fn every_status_change_arrives_across_a_subscriber_outage_and_a_node_restart_on_postgres() {
+    outage_and_restart(Database::Postgres {
+        schema: fresh_schema(),
+    })
+    .await;
+}
+
+async fn outage_and_restart(database: Database) {
+    let node = TestNode::builder().database(database).start().await;
+    let mut server = CallbackServer::start().await;
+    subscribe_verified(&node, "message.*", &server.url, Some("restart-secret")).await;
+    server.down().await;
+    // Each message: the light ping `received`, then `rejected` (a lone node has no route).
+    for reference in ["rs-1", "rs-2"] {
+        node.post_json("/api/v1/messages", &coo(reference)).await;
+    }
+    node.drain(PROCESS_QUEUE).await;
+    node.drain(ROUTE_QUEUE).await;
+    node.drain(SPREAD_QUEUE).await;
+    node.drain(DELIVER_QUEUE).await;
+    // One slow-lane attempt each, failing; the retries wait 2 s, past the restart.
+    let backoff = RetryPolicy {
+        max_attempts: 50,
+        base_delay: Duration::from_secs(2),
+        max_delay: Duration::from_secs(2),
+    };
+    node.drain_with_retry(REDELIVER_QUEUE, backoff).await;
+    assert!(server.seen().deliveries.is_empty());
+    let waiting = node.storage().depth(&REDELIVER_QUEUE).await.unwrap();
+    assert_eq!((waiting.scheduled, waiting.dead), (4, 0), "{waiting:?}");
+
+    let (data_dir, database) = node.stop().await;
+    let node = TestNode::builder()
+        .data_dir(data_dir)
+        .database(database)
+        .start()
+        .await;
+    node.post_json("/api/v1/messages", &coo("rs-3")).await;
+    node.drain(PROCESS_QUEUE).await;
+    node.drain(ROUTE_QUEUE).await;
+    node.drain(SPREAD_QUEUE).await;
+    node.drain(DELIVER_QUEUE).await;
+    server.up().await;
+
+    let expected: BTreeSet<String> = ["rs-1", "rs-2", "rs-3"]
+        .iter()
+        .flat_map(|r| {
+            [
+                format!("AU:{r}/received"),
+                format!("AU:{r}/status/rejected"),
+            ]
+        })
+        .collect();
+    redeliver_until(&node, 50, || server.seen().event_ids() == expected).await;
+    let seen = server.seen();
+    for (headers, body) in &seen.deliveries {
+        assert!(
+            igl_websub::signature::verify(
+                b"restart-secret",
+                body,
+                headers["x-hub-signature"].to_str().unwrap()
+            ),
+            "signed"
+        );
+    }
+    let statuses: Vec<Value> = seen
+        .deliveries
+        .iter()
+        .map(|(_, body)| serde_json::from_slice(body).unwrap())
+        .filter(|payload: &Value| payload["predicate"].as_str().unwrap().ends_with(".status"))
+        .collect();
+    assert_eq!(statuses.len(), 3, "one status change per message");
+}
+
+/// One slow subscriber among many: the fast lane delivers to the others and hands the slow
+/// one's delivery to the slow lane (which delivers it with the full timeout); the next
+/// event goes to the slow subscriber through the slow lane directly, without the fast lane
+/// waiting on it again.
+#[tokio::test]
+async fn a_slow_subscriber_is_served_apart_from_the_others() {
+    let node = TestNode::start().await;
+    let mut fast = Vec::new();
+    for _ in 0..10 {
+        let server = CallbackServer::start().await;
+        subscribe_verified(&node, "message.*", &server.url, None).await;
+        fast.push(server);
+    }
+    let slow = CallbackServer::start().await;
+    slow.seen().delay = Some(Duration::from_secs(3));
+    subscribe_verified(&node, "message.*", &slow.url, None).await;
+
+    node.post_json("/api/v1/messages", &coo("slow-1")).await;
+    pump(&node).await;
+    for server in &fast {
+        assert_eq!(server.seen().event_ids().len(), 1);
+    }
+    let handed = node.storage().depth(&REDELIVER_QUEUE).await.unwrap();
+    assert_eq!(handed.ready + handed.scheduled, 1, "{handed:?}");
+
+    node.post_json("/api/v1/messages", &coo("slow-2")).await;
+    pump(&node).await;
+    for server in &fast {
+        assert_eq!(server.seen().event_ids().len(), 2);
+    }
+    let handed = node.storage().depth(&REDELIVER_QUEUE).await.unwrap();
+    assert_eq!(handed.ready + handed.scheduled, 2, "{handed:?}");
+
+    let expected: BTreeSet<String> = ["AU:slow-1/received", "AU:slow-2/received"]
+        .map(String::from)
+        .into();
+    redeliver_until(&node, 10, || slow.seen().event_ids() == expected).await;
 }

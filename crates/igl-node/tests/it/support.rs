@@ -286,6 +286,27 @@ impl TestNode {
             .expect("drain")
     }
 
+    /// Like [`TestNode::drain`], with this retry policy instead of the default one (to see
+    /// retries and dead letters without waiting for the default backoff).
+    pub async fn drain_with_retry(
+        &self,
+        queue: QueueName,
+        retry: igl_workers::RetryPolicy,
+    ) -> DrainReport {
+        let running = self.running.as_ref().expect("running");
+        let handler = running
+            .handler(&queue)
+            .unwrap_or_else(|| panic!("no handler for {queue}"));
+        let job_queue: Arc<dyn JobQueue> = running.backends.storage.clone();
+        let config = WorkerConfig {
+            retry,
+            ..WorkerConfig::new(queue)
+        };
+        igl_workers::drain(&job_queue, &handler, &config)
+            .await
+            .expect("drain")
+    }
+
     /// Stops the node and returns its data directory (to start it again on the same state).
     pub async fn stop(mut self) -> (TempDir, Database) {
         self.shutdown.cancel();

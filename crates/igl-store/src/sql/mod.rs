@@ -216,9 +216,10 @@ macro_rules! sql_read_ports {
 
 /// Implements `SubscriptionStore` for a backend. The SQL is shared and written with `?N`
 /// placeholders; `$convert` adapts it to the backend (identity for SQLite, `?N` → `$N` for
-/// PostgreSQL). `$keys_in` is the backend's "topic_key is in the JSON array ?1" condition.
+/// PostgreSQL). `$keys_in` is the backend's "topic_key is in the JSON array ?1" condition,
+/// `$ids_in` its "id is in the JSON array ?1" condition.
 macro_rules! sql_subscription_store {
-    ($store:ty, $writer:ident, $reader:ident, $convert:expr, $keys_in:literal) => {
+    ($store:ty, $writer:ident, $reader:ident, $convert:expr, $keys_in:literal, $ids_in:literal) => {
         #[async_trait::async_trait]
         impl igl_core::subscriptions::SubscriptionStore for $store {
             async fn upsert_subscription(
@@ -299,6 +300,37 @@ macro_rules! sql_subscription_store {
                 Ok(row.map(super::rows::SubscriptionRow::into_subscription))
             }
 
+            async fn subscriptions_by_id(
+                &self,
+                ids: &[i64],
+            ) -> Result<Vec<igl_core::subscriptions::Subscription>, igl_core::StoreError> {
+                if ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let ids = serde_json::to_string(ids)
+                    .map_err(|error| igl_core::StoreError::Backend(Box::new(error)))?;
+                let sql = $convert(format!(
+                    "SELECT {} FROM subscriptions WHERE {} ORDER BY id",
+                    super::rows::SUBSCRIPTION_COLUMNS,
+                    $ids_in
+                ));
+                let rows: Vec<super::rows::SubscriptionRow> =
+                    sqlx::query_as(sqlx::AssertSqlSafe(sql))
+                        .bind(ids)
+                        .fetch_all(&self.$reader)
+                        .await
+                        .map_err(super::store_error)?;
+                Ok(rows.into_iter().map(super::rows::SubscriptionRow::into_subscription).collect())
+            }
+
+            async fn subscription_count(&self) -> Result<u64, igl_core::StoreError> {
+                let count: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM subscriptions")
+                    .fetch_one(&self.$reader)
+                    .await
+                    .map_err(super::store_error)?;
+                Ok(u64::try_from(count).unwrap_or_default())
+            }
+
             async fn matching_subscriptions(
                 &self,
                 event_topic: &str,
@@ -365,6 +397,27 @@ macro_rules! sql_subscription_store {
                 };
                 let mut writer = self.$writer().await?;
                 query.execute(&mut *writer).await.map_err(super::store_error)?;
+                super::WriteTransaction::commit_write(writer).await?;
+                Ok(())
+            }
+
+            async fn record_successes(&self, ids: &[i64]) -> Result<(), igl_core::StoreError> {
+                if ids.is_empty() {
+                    return Ok(());
+                }
+                let ids = serde_json::to_string(ids)
+                    .map_err(|error| igl_core::StoreError::Backend(Box::new(error)))?;
+                let sql = $convert(format!(
+                    "UPDATE subscriptions SET last_success_at = ?2 WHERE {}",
+                    $ids_in
+                ));
+                let mut writer = self.$writer().await?;
+                sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .bind(ids)
+                    .bind(super::now_micros())
+                    .execute(&mut *writer)
+                    .await
+                    .map_err(super::store_error)?;
                 super::WriteTransaction::commit_write(writer).await?;
                 Ok(())
             }

@@ -666,7 +666,8 @@ sql_subscription_store!(
     autocommit_writer,
     pool,
     super::postgres_placeholders,
-    "topic_key IN (SELECT jsonb_array_elements_text(?1::jsonb))"
+    "topic_key IN (SELECT jsonb_array_elements_text(?1::jsonb))",
+    "id IN (SELECT jsonb_array_elements_text(?1::jsonb)::bigint)"
 );
 
 sql_unit_of_work!(

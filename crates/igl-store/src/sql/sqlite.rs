@@ -570,7 +570,8 @@ sql_subscription_store!(
     write_statement,
     reader,
     std::convert::identity,
-    "topic_key IN (SELECT value FROM json_each(?1))"
+    "topic_key IN (SELECT value FROM json_each(?1))",
+    "id IN (SELECT value FROM json_each(?1))"
 );
 
 sql_unit_of_work!(

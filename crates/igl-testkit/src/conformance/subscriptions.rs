@@ -121,3 +121,84 @@ pub async fn delivery_health_is_recorded(storage: &dyn Storage) {
     assert!(storage.remove_subscription_by_id(created.id).await.unwrap());
     assert_eq!(storage.subscription(created.id).await.unwrap(), None);
 }
+
+/// The reference spreader's table (intergov `callbacks_spreader` integration test,
+/// `SUBSCRIPTIONS` and `SUBSCRIPTIONS_WITH_COMMON_PREFIXES`; REFERENCE-WIRE §3.3): an event
+/// reaches exactly the callbacks subscribed to one of its dot-segment prefixes, whatever
+/// the case, and predicates without a common prefix never see each other's events.
+pub async fn matching_follows_the_reference_prefix_table(storage: &dyn Storage) {
+    let day = Duration::days(1);
+    let groups: [(&str, usize); 8] = [
+        ("aaa.bbb.ccc.ddd", 2),
+        ("eee.fff.jjj", 3),
+        ("hhh.iii", 4),
+        ("ggg", 1),
+        ("ooo.aaa.bbb", 2),
+        ("ooo.aaa", 3),
+        ("zzz.aaa.bbb", 5),
+        ("zzz.aaa", 3),
+    ];
+    for (topic, subscribers) in groups {
+        for i in 0..subscribers {
+            let callback = format!("http://s/{}-{i}", topic.replace('.', "-"));
+            storage
+                .upsert_subscription(&subscription(topic, &callback, day))
+                .await
+                .unwrap();
+        }
+    }
+    let now = Timestamp::now_utc();
+    // (event topic, expected number of callbacks, prefix every callback starts with)
+    let table: [(&str, usize, &str); 11] = [
+        ("aaa.bbb.ccc.ddd", 2, "aaa-bbb-ccc-ddd"),
+        ("eee.fff.jjj", 3, "eee-fff-jjj"),
+        ("hhh.iii", 4, "hhh-iii"),
+        ("ggg", 1, "ggg"),
+        ("ooo.aaa.bbb", 5, "ooo"),
+        ("zzz.aaa.bbb", 8, "zzz"),
+        ("ZZZ.AAA.BBB.CCC", 8, "zzz"),
+        ("zzz.aaa", 3, "zzz-aaa-"),
+        ("ggg.anything.below", 1, "ggg"),
+        ("aaa.bbb.ccc", 0, ""),
+        ("hhh.iiii", 0, ""),
+    ];
+    for (event_topic, expected, prefix) in table {
+        let matched = storage
+            .matching_subscriptions(event_topic, now)
+            .await
+            .unwrap();
+        assert_eq!(matched.len(), expected, "{event_topic}");
+        for subscription in &matched {
+            let tail = subscription.callback.trim_start_matches("http://s/");
+            assert!(tail.starts_with(prefix), "{event_topic}: {tail}");
+        }
+    }
+}
+
+/// The bulk reads and writes of the fan-out: subscriptions by id (missing ids skipped),
+/// the count, and successes recorded for many subscriptions at once.
+pub async fn fanout_reads_and_records_in_bulk(storage: &dyn Storage) {
+    let day = Duration::days(1);
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        let created = storage
+            .upsert_subscription(&subscription("a.b", &format!("http://s/{i}"), day))
+            .await
+            .unwrap();
+        ids.push(created.id);
+    }
+    assert_eq!(storage.subscription_count().await.unwrap(), 3);
+    assert!(storage.subscriptions_by_id(&[]).await.unwrap().is_empty());
+    let found = storage
+        .subscriptions_by_id(&[ids[2], ids[0], 999_999])
+        .await
+        .unwrap();
+    let found: Vec<i64> = found.iter().map(|s| s.id).collect();
+    assert_eq!(found, [ids[0], ids[2]]);
+    storage.record_successes(&ids[..2]).await.unwrap();
+    storage.record_successes(&[]).await.unwrap();
+    let listed = storage.list_subscriptions(0, 10).await.unwrap();
+    assert!(listed[0].last_success_at.is_some());
+    assert!(listed[1].last_success_at.is_some());
+    assert!(listed[2].last_success_at.is_none());
+}

@@ -25,6 +25,8 @@ macro_rules! for_each_storage_case {
         $case!(by_ref subscriptions::upsert_renews_and_remove_deletes);
         $case!(by_ref subscriptions::matching_by_prefix_one_per_callback);
         $case!(by_ref subscriptions::delivery_health_is_recorded);
+        $case!(by_ref subscriptions::matching_follows_the_reference_prefix_table);
+        $case!(by_ref subscriptions::fanout_reads_and_records_in_bulk);
         $case!(by_ref unit_of_work::commit_makes_everything_visible);
         $case!(by_ref unit_of_work::dropped_unit_leaves_nothing);
         $case!(by_ref unit_of_work::failed_unit_leaves_nothing);
