@@ -142,8 +142,8 @@ impl std::fmt::Debug for AmqpOptions {
 pub fn redact_amqp_url(url: &str) -> String {
     match url::Url::parse(url) {
         Ok(mut parsed) if parsed.password().is_some() => {
-            let _ = parsed.set_password(Some("[redacted]"));
-            parsed.to_string()
+            let _ = parsed.set_password(Some("REDACTED"));
+            parsed.to_string().replace(":REDACTED@", ":[redacted]@")
         }
         Ok(parsed) => parsed.to_string(),
         Err(_) => "[unparsable url]".into(),
