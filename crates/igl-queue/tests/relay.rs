@@ -46,8 +46,10 @@ fn relay(shape: &Shape, names: &[&str], lease: Duration) -> OutboxRelay {
 
 /// A committed unit of work's jobs reach the broker once relayed; a rolled-back one's
 /// never do; the outbox is empty afterwards.
-#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
-#[cfg_attr(igl_skip_amqp, ignore = "set IGL_TEST_AMQP_URL to run")]
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn committed_jobs_reach_the_broker_rolled_back_ones_never_do() {
     let shape = shape().await;
@@ -98,8 +100,10 @@ async fn committed_jobs_reach_the_broker_rolled_back_ones_never_do() {
 /// the lease another relay publishes them again (same job id), and a consumer that acks in
 /// its unit of work with an idempotent effect absorbs the duplicate: one effect, both
 /// deliveries acked after their commits.
-#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
-#[cfg_attr(igl_skip_amqp, ignore = "set IGL_TEST_AMQP_URL to run")]
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_relay_killed_before_marking_republishes_and_the_consumer_absorbs_it() {
     let shape = shape().await;
@@ -164,8 +168,10 @@ async fn a_relay_killed_before_marking_republishes_and_the_consumer_absorbs_it()
 
 /// A unit of work that acks a broker job and is rolled back leaves the job held (and so
 /// redelivered later); one that commits acks it on the broker.
-#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
-#[cfg_attr(igl_skip_amqp, ignore = "set IGL_TEST_AMQP_URL to run")]
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acks_in_a_unit_of_work_happen_after_its_commit_only() {
     let shape = shape().await;
@@ -194,8 +200,10 @@ async fn acks_in_a_unit_of_work_happen_after_its_commit_only() {
 
 /// Two relay replicas draining one outbox publish every row exactly once between them
 /// (no crash: `SKIP LOCKED` claims never overlap).
-#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
-#[cfg_attr(igl_skip_amqp, ignore = "set IGL_TEST_AMQP_URL to run")]
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relay_replicas_publish_each_row_once() {
     const JOBS: u64 = 1_000;
