@@ -728,6 +728,15 @@ impl AmqpQueue {
         Ok(())
     }
 
+    /// Checks that the broker answers (connecting if needed), for readiness probes.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.session().await.map(|_| ())
+    }
+
     /// How many of `receipts` still hold their lease (without changing anything).
     pub fn held(&self, receipts: &[JobReceipt]) -> u64 {
         let leases = self.inner.leases.lock().expect("leases lock");
