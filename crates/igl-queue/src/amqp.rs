@@ -19,9 +19,9 @@
 //! # How the lease contract maps onto AMQP
 //!
 //! - a **claim** takes deliveries already prefetched by this process's consumer (started by
-//!   [`JobQueue::wait_for_jobs`], `basic.qos` = [`AmqpOptions::prefetch`]) and then pulls
-//!   with `basic.get` until it has `max` or the queue is empty — so a claim right after an
-//!   enqueue sees every confirmed job, in order;
+//!   [`JobQueue::wait_for_jobs`], `basic.qos` = [`AmqpOptions::prefetch`]); when there are
+//!   none it pulls with `basic.get` until it has `max` or the queue is empty — so a claim
+//!   right after an enqueue sees every confirmed job, in order;
 //! - a **lease** is an unacked delivery plus a local deadline: when the deadline passes
 //!   without an ack, retry, dead-letter or extension, the adapter returns the delivery to
 //!   the queue (`basic.nack requeue`), the broker counts the redelivery (`x-delivery-count`,
@@ -874,6 +874,11 @@ impl JobQueue for AmqpQueue {
                     .accept(queue, delivery, lease, &mut claimed)
                     .await?;
             }
+        }
+        if !claimed.is_empty() {
+            // Push mode (a consumer is prefetching): what it delivered is the batch; pulling
+            // the rest one `basic.get` round trip at a time would only slow the claim down.
+            return Ok(claimed);
         }
         let name = self.inner.name(queue);
         while claimed.len() < max {
