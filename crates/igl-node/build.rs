@@ -1,12 +1,25 @@
-//! Marks the PostgreSQL conformance tests as ignored (with the reason shown by the test
-//! runner) when `IGL_TEST_POSTGRES_URL` is not set, so `cargo test` says what it skipped;
-//! records the compiler version for benchmark results (`IGL_RUSTC_VERSION`).
+//! Marks the tests that need PostgreSQL or RabbitMQ as ignored (with the reason shown by
+//! the test runner) when `IGL_TEST_POSTGRES_URL` / `IGL_TEST_AMQP_URL` is not set
+//! (`igl_skip_broker_shape` when either is missing); records the compiler version for
+//! benchmark results (`IGL_RUSTC_VERSION`).
 
 fn main() {
-    println!("cargo::rustc-check-cfg=cfg(igl_skip_postgres)");
-    println!("cargo::rerun-if-env-changed=IGL_TEST_POSTGRES_URL");
-    if std::env::var_os("IGL_TEST_POSTGRES_URL").is_none_or(|url| url.is_empty()) {
-        println!("cargo::rustc-cfg=igl_skip_postgres");
+    let mut broker_shape = true;
+    for (variable, cfg) in [
+        ("IGL_TEST_POSTGRES_URL", "igl_skip_postgres"),
+        ("IGL_TEST_AMQP_URL", "igl_skip_amqp"),
+    ] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo::rerun-if-env-changed={variable}");
+        if std::env::var_os(variable).is_none_or(|url| url.is_empty()) {
+            println!("cargo::rustc-cfg={cfg}");
+            broker_shape = false;
+        }
+    }
+    // Tests of the broker shape need both servers.
+    println!("cargo::rustc-check-cfg=cfg(igl_skip_broker_shape)");
+    if !broker_shape {
+        println!("cargo::rustc-cfg=igl_skip_broker_shape");
     }
     let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
     if let Ok(output) = std::process::Command::new(rustc).arg("--version").output()

@@ -58,7 +58,7 @@ pub use jurisdictions::JurisdictionSettings;
 pub use load::{ENV_NESTING_SEPARATOR, ENV_PREFIX};
 pub use secret::{REDACTED, SecretString, redact_url};
 pub use settings::{
-    DatabaseBackend, DatabaseSettings, DocumentSettings, HttpSettings, LogFormat, LogSettings,
-    NodeSettings, ObjectStoreSettings, ParseLogFormatError, QueueSettings, RetryPolicy,
-    RetryPolicyOverride, Settings,
+    AmqpSettings, DatabaseBackend, DatabaseSettings, DocumentSettings, HttpSettings, LogFormat,
+    LogSettings, NodeSettings, ObjectStoreSettings, ParseLogFormatError, QueueBackend,
+    QueueSettings, RetryPolicy, RetryPolicyOverride, Settings,
 };

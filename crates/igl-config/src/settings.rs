@@ -107,6 +107,15 @@ impl Settings {
         redact_url(&self.database_url())
     }
 
+    /// `queue.amqp.url` with only its password masked, for logs (`None` when unset).
+    pub fn redacted_amqp_url(&self) -> Option<String> {
+        self.queue
+            .amqp
+            .url
+            .as_ref()
+            .map(|url| redact_url(url.expose_secret()))
+    }
+
     /// The directory of the local object store, with the default `{node.data_dir}/objects`
     /// applied; `None` when objects are not stored in a local directory.
     pub fn local_objects_path(&self) -> Option<PathBuf> {
@@ -316,6 +325,67 @@ pub struct QueueSettings {
     /// Per-queue overrides of the retry policy (`[queue.queues.<name>]`), keyed by queue name
     /// (`[a-z][a-z0-9_-]*`); unset fields fall back to [`QueueSettings::retry`].
     pub queues: BTreeMap<String, RetryPolicyOverride>,
+    /// Where workers take their jobs from: `"sql"` (the database's `jobs` table, the
+    /// default) or `"amqp"` (RabbitMQ; the database's `jobs` table becomes the
+    /// transactional outbox that the `outbox-relay` component publishes from).
+    pub backend: QueueBackend,
+    /// The broker, when `backend = "amqp"` (`[queue.amqp]`).
+    pub amqp: AmqpSettings,
+}
+
+/// `queue.backend`: where jobs are consumed from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueBackend {
+    /// The SQL database's `jobs` table.
+    #[default]
+    Sql,
+    /// RabbitMQ (AMQP 0-9-1), fed by the outbox relay.
+    Amqp,
+}
+
+/// `[queue.amqp]`: the RabbitMQ broker of the job queues.
+///
+/// ```toml
+/// [queue]
+/// backend = "amqp"
+///
+/// [queue.amqp]
+/// url = "amqp://igl:secret@rabbitmq:5672/igl"   # secret; vhost URL-encoded (%2f = "/")
+/// prefix = "igl."
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// `amqp://user:password@host:port/vhost`; required when `queue.backend = "amqp"`.
+    /// Secret (it holds the password): never logged, see [`Settings::redacted_amqp_url`].
+    /// TLS (`amqps://`) is not built in.
+    pub url: Option<SecretString>,
+    /// Prefix of every queue this node declares (`igl.` → `igl.route`, `igl.route.dead`);
+    /// lets several nodes share a vhost. 1 to 64 characters of `[a-z0-9._-]`. Default `igl.`.
+    pub prefix: String,
+    /// Deliveries a consumer may hold before claiming them (`basic.qos`), 1 to 10000.
+    /// Default 64.
+    pub prefetch: u16,
+    /// The quorum queues' `x-delivery-limit`: a job returned to its queue this many times
+    /// (crashed workers, expired leases) is dead-lettered by the broker, at least 1.
+    /// Default 50. Changing it for existing queues needs a policy (queue arguments are
+    /// fixed at declaration).
+    pub delivery_limit: u32,
+    /// Outbox rows the relay publishes per round and queue, 1 to 10000. Default 256.
+    pub relay_batch: u32,
+}
+
+impl Default for AmqpSettings {
+    fn default() -> Self {
+        AmqpSettings {
+            url: None,
+            prefix: "igl.".into(),
+            prefetch: 64,
+            delivery_limit: 50,
+            relay_batch: 256,
+        }
+    }
 }
 
 impl QueueSettings {
@@ -347,6 +417,8 @@ impl Default for QueueSettings {
             claim_batch: 64,
             retry: RetryPolicy::default(),
             queues: BTreeMap::new(),
+            backend: QueueBackend::Sql,
+            amqp: AmqpSettings::default(),
         }
     }
 }

@@ -4,7 +4,8 @@ use std::fmt::Display;
 
 use crate::error::{ConfigError, ConfigProblem};
 use crate::settings::{
-    DatabaseBackend, ObjectStoreSettings, RetryPolicy, Settings, is_postgres_scheme, url_scheme,
+    DatabaseBackend, ObjectStoreSettings, QueueBackend, RetryPolicy, Settings, is_postgres_scheme,
+    url_scheme,
 };
 
 impl Settings {
@@ -146,6 +147,54 @@ impl Settings {
             }
             validate_retry_policy(problems, &prefix, &policy_override.apply_to(&queue.retry));
         }
+        let amqp = &queue.amqp;
+        match (&amqp.url, queue.backend) {
+            (None, QueueBackend::Amqp) => {
+                problems.push(
+                    "queue.amqp.url",
+                    "is required when queue.backend = \"amqp\"",
+                );
+            }
+            (Some(url), _) => match url_scheme(url.expose_secret()).as_deref() {
+                Some("amqp") => {}
+                Some("amqps") => problems.push(
+                    "queue.amqp.url",
+                    "TLS (amqps://) is not built in; use amqp:// (e.g. through a TLS sidecar)",
+                ),
+                Some(scheme) => problems.push(
+                    "queue.amqp.url",
+                    format!("scheme {scheme:?} is not supported (expected amqp://)"),
+                ),
+                None => problems.push("queue.amqp.url", "is not a URL (expected amqp://…)"),
+            },
+            (None, QueueBackend::Sql) => {}
+        }
+        let prefix_ok = !amqp.prefix.is_empty()
+            && amqp.prefix.len() <= 64
+            && amqp
+                .prefix
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !prefix_ok {
+            problems.push(
+                "queue.amqp.prefix",
+                format!("{:?} is not 1-64 characters of [a-z0-9._-]", amqp.prefix),
+            );
+        }
+        in_range(problems, "queue.amqp.prefetch", amqp.prefetch, 1, 10_000);
+        at_least(
+            problems,
+            "queue.amqp.delivery_limit",
+            amqp.delivery_limit,
+            1,
+        );
+        in_range(
+            problems,
+            "queue.amqp.relay_batch",
+            amqp.relay_batch,
+            1,
+            10_000,
+        );
     }
 }
 
@@ -394,6 +443,35 @@ mod tests {
         settings.database.max_connections = 1;
         settings.queue.claim_batch = 1;
         assert!(settings.validate().is_ok());
+    }
+
+    #[test]
+    fn amqp_queue_settings_are_checked() {
+        let mut settings = Settings::default();
+        settings.queue.backend = QueueBackend::Amqp;
+        settings.queue.amqp.prefix = "IGL".into();
+        settings.queue.amqp.prefetch = 0;
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("queue.amqp.url: is required when queue.backend = \"amqp\""),
+            "{error}"
+        );
+        assert!(error.contains("queue.amqp.prefix"), "{error}");
+        assert!(error.contains("queue.amqp.prefetch"), "{error}");
+        settings.queue.amqp = crate::AmqpSettings {
+            url: Some("amqps://igl:hunter2@broker/igl".into()),
+            ..crate::AmqpSettings::default()
+        };
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(error.contains("TLS (amqps://) is not built in"), "{error}");
+        assert!(!error.contains("hunter2"), "{error}");
+        settings.queue.amqp.url = Some("amqp://igl:hunter2@broker/igl".into());
+        settings.validate().unwrap();
+        assert_eq!(
+            settings.redacted_amqp_url().as_deref(),
+            Some("amqp://igl:[redacted]@broker/igl")
+        );
+        assert!(!format!("{settings:?}").contains("hunter2"));
     }
 
     #[test]

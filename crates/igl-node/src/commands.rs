@@ -210,6 +210,16 @@ fn render_summary(settings: &Settings, config_file: Option<&Path>) -> String {
             ),
         ),
         ("objects", objects),
+        (
+            "job queue",
+            match settings.queue.backend {
+                igl_config::QueueBackend::Sql => "sql (the database's jobs table)".to_owned(),
+                igl_config::QueueBackend::Amqp => format!(
+                    "amqp {} (through the SQL outbox)",
+                    settings.redacted_amqp_url().unwrap_or_default()
+                ),
+            },
+        ),
         ("http bind", settings.http.bind.to_string()),
         (
             "log",

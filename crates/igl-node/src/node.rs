@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use igl_api::auth::{Authenticator, StaticToken};
 use igl_api::{AppContext, EnabledApis};
-use igl_config::{Component, DatabaseBackend, ObjectStoreSettings, Settings};
+use igl_config::{Component, DatabaseBackend, ObjectStoreSettings, QueueBackend, Settings};
 use igl_core::channel::Channels;
 use igl_core::ingest::{IngestConfig, MessageIngest};
 use igl_core::pipeline::{
@@ -17,6 +17,7 @@ use igl_core::pipeline::{
 };
 use igl_core::{JobQueue, ObjectStore, QueueName, Storage};
 use igl_domain::Jurisdiction;
+use igl_queue::{AmqpOptions, AmqpQueue, BrokeredStorage, OutboxRelay, RelayConfig};
 use igl_store::objects::ObjectLake;
 use igl_store::{DatabaseOptions, open_storage};
 use igl_websub::{Deliver, Spread, VerifyIntent};
@@ -33,13 +34,38 @@ use tracing::info;
 /// How long components get to finish their current work after shutdown is requested.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
+/// Every queue of the pipeline: the queues the node's workers consume, and so the queues
+/// the outbox relay publishes and the broker topology covers.
+pub const PIPELINE_QUEUES: [QueueName; 8] = [
+    PROCESS_QUEUE,
+    ROUTE_QUEUE,
+    CHANNEL_POLL_QUEUE,
+    CHANNEL_MESSAGE_QUEUE,
+    OBJECT_RETRIEVAL_QUEUE,
+    SPREAD_QUEUE,
+    DELIVER_QUEUE,
+    VERIFY_QUEUE,
+];
+
 /// The backends a node runs on.
 #[derive(Debug, Clone)]
 pub struct Backends {
-    /// Messages, jobs, events, ACL.
+    /// Messages, jobs, events, ACL. With `queue.backend = "amqp"` this is a
+    /// [`BrokeredStorage`]: jobs are consumed from RabbitMQ, enqueued into the SQL outbox.
     pub storage: Arc<dyn Storage>,
     /// Documents.
     pub objects: Arc<dyn ObjectStore>,
+    /// The SQL outbox and the broker it is relayed to, with `queue.backend = "amqp"`.
+    pub outbox: Option<Outbox>,
+}
+
+/// The two sides of the outbox relay.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    /// The SQL backend whose `jobs` table is the outbox.
+    pub sql: Arc<dyn Storage>,
+    /// The broker.
+    pub broker: AmqpQueue,
 }
 
 /// What to start.
@@ -74,12 +100,36 @@ pub async fn open_backends(settings: &Settings) -> anyhow::Result<Backends> {
         schema: settings.database.schema.clone(),
         connect_timeout: settings.database.connect_timeout(),
     };
-    let storage = open_storage(&options).await.with_context(|| {
+    let sql = open_storage(&options).await.with_context(|| {
         format!(
             "cannot open the database {}",
             settings.redacted_database_url()
         )
     })?;
+    let (storage, outbox): (Arc<dyn Storage>, _) = match settings.queue.backend {
+        QueueBackend::Sql => (sql, None),
+        QueueBackend::Amqp => {
+            let amqp = &settings.queue.amqp;
+            let url = amqp
+                .url
+                .as_ref()
+                .context("queue.amqp.url is required when queue.backend = \"amqp\"")?;
+            let mut broker_options = AmqpOptions::new(url.expose_secret());
+            broker_options.prefix = amqp.prefix.clone();
+            broker_options.prefetch = amqp.prefetch;
+            broker_options.delivery_limit = amqp.delivery_limit;
+            broker_options.queues = PIPELINE_QUEUES.to_vec();
+            broker_options.connection_name = format!("igl-node {}", settings.node.jurisdiction);
+            let broker = AmqpQueue::connect(broker_options).await.with_context(|| {
+                format!(
+                    "cannot connect to the broker {}",
+                    settings.redacted_amqp_url().unwrap_or_default()
+                )
+            })?;
+            let brokered = BrokeredStorage::new(sql.clone(), broker.clone());
+            (Arc::new(brokered), Some(Outbox { sql, broker }))
+        }
+    };
     let objects: Arc<dyn ObjectStore> = match &settings.objects {
         ObjectStoreSettings::Local { .. } => {
             let path = settings
@@ -90,7 +140,11 @@ pub async fn open_backends(settings: &Settings) -> anyhow::Result<Backends> {
             Arc::new(lake)
         }
     };
-    Ok(Backends { storage, objects })
+    Ok(Backends {
+        storage,
+        objects,
+        outbox,
+    })
 }
 
 /// A started node.
@@ -328,6 +382,32 @@ pub async fn start(
         }
     }
 
+    if backends.outbox.is_some() && !settings.is_enabled(Component::OutboxRelay) {
+        info!(
+            "queue.backend = \"amqp\" and this process does not run outbox-relay: \
+             jobs this process enqueues reach the broker once an outbox-relay process runs"
+        );
+    }
+    if settings.is_enabled(Component::OutboxRelay)
+        && let Some(outbox) = &backends.outbox
+    {
+        let relay = OutboxRelay::new(
+            outbox.sql.clone(),
+            outbox.broker.clone(),
+            PIPELINE_QUEUES.to_vec(),
+            RelayConfig {
+                batch: settings.queue.amqp.relay_batch as usize,
+                lease: settings.queue.lease(),
+                idle_poll: settings.queue.poll_interval(),
+            },
+        );
+        let stop = shutdown.child_token();
+        tasks.spawn(async move {
+            relay.run(stop).await;
+            ("outbox-relay", Ok(()))
+        });
+    }
+
     if settings.is_enabled(Component::Spreader) {
         let storage = backends.storage.clone();
         let stop = shutdown.child_token();
@@ -389,6 +469,10 @@ pub async fn start(
     info!(
         %jurisdiction,
         database = %settings.redacted_database_url(),
+        queue = match settings.queue.backend {
+            QueueBackend::Sql => "sql".to_owned(),
+            QueueBackend::Amqp => settings.redacted_amqp_url().unwrap_or_default(),
+        },
         workers = workers.len(),
         "node started"
     );

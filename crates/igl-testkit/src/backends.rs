@@ -53,3 +53,53 @@ pub async fn postgres() -> TestStorage {
         directory: None,
     }
 }
+
+/// Environment variable naming the RabbitMQ server for tests
+/// (`amqp://guest:guest@127.0.0.1:5672/%2f`).
+pub const AMQP_URL_VAR: &str = "IGL_TEST_AMQP_URL";
+
+/// The RabbitMQ URL for tests, if configured.
+pub fn amqp_url() -> Option<String> {
+    std::env::var(AMQP_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())
+}
+
+/// A job queue on the test RabbitMQ whose queues carry a prefix unique to this test, so
+/// tests never see each other's jobs.
+#[derive(Debug)]
+pub struct TestBroker {
+    /// The queue.
+    pub queue: igl_queue::AmqpQueue,
+    /// Its options (to connect a second instance, "another process", to the same queues).
+    pub options: igl_queue::AmqpOptions,
+}
+
+impl TestBroker {
+    /// Deletes the queues `names` of this test from the broker (call at the end of a test
+    /// that passed; CI also starts every run on a fresh vhost).
+    pub async fn cleanup(&self, names: &[&str]) {
+        let queues: Vec<_> = names
+            .iter()
+            .map(|name| crate::fixtures::queue(name))
+            .collect();
+        self.queue
+            .delete_topology(&queues)
+            .await
+            .expect("delete test queues");
+        self.queue.close().await;
+    }
+}
+
+/// A fresh [`TestBroker`]. Panics when [`AMQP_URL_VAR`] is not set (tests that call it are
+/// ignored in that case).
+pub async fn amqp() -> TestBroker {
+    let url = amqp_url().unwrap_or_else(|| panic!("{AMQP_URL_VAR} is not set"));
+    let mut options = igl_queue::AmqpOptions::new(url);
+    options.prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    options.connection_name = "igl-testkit".into();
+    let queue = igl_queue::AmqpQueue::connect(options.clone())
+        .await
+        .expect("connect to rabbitmq");
+    TestBroker { queue, options }
+}

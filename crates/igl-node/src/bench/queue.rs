@@ -30,6 +30,15 @@ pub struct QueueBenchArgs {
     /// temporary directory. A PostgreSQL run uses a fresh schema that is dropped afterwards.
     #[arg(long, value_name = "URL")]
     pub database_url: Option<String>,
+    /// Benchmark the RabbitMQ job queue at this URL (`amqp://…`) instead of the database's
+    /// `jobs` table. The queues get a fresh prefix and are deleted afterwards.
+    #[arg(long, value_name = "URL")]
+    pub amqp_url: Option<String>,
+    /// With `--amqp-url`: enqueue through the SQL outbox (the database of `--database-url`)
+    /// and an outbox relay, as a node in the broker shape does, instead of publishing
+    /// directly.
+    #[arg(long, requires = "amqp_url")]
+    pub via_outbox: bool,
     /// Concurrent worker loops.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
@@ -109,11 +118,12 @@ pub async fn run_queue_bench(args: QueueBenchArgs) -> anyhow::Result<()> {
             None,
         ),
     };
-    let backend = if url.starts_with("postgres") {
+    let mut backend = if url.starts_with("postgres") {
         "postgres"
     } else {
         "sqlite"
-    };
+    }
+    .to_owned();
     let options = DatabaseOptions {
         url: url.clone(),
         max_connections: u32::try_from(args.workers + args.producers + 4).unwrap_or(64),
@@ -123,7 +133,37 @@ pub async fn run_queue_bench(args: QueueBenchArgs) -> anyhow::Result<()> {
     let storage = open_storage(&options)
         .await
         .context("cannot open the database")?;
-    let queue: Arc<dyn JobQueue> = storage.clone();
+    let mut queue: Arc<dyn JobQueue> = storage.clone();
+    let relay_stop = CancellationToken::new();
+    let mut broker = None;
+    if let Some(amqp_url) = &args.amqp_url {
+        let mut options = igl_queue::AmqpOptions::new(amqp_url.clone());
+        options.prefix = format!("bench{}.", uuid::Uuid::new_v4().simple());
+        options.prefetch = u16::try_from(args.batch * 2).unwrap_or(u16::MAX);
+        options.queues = vec![QUEUE];
+        options.connection_name = "igl-bench".into();
+        let amqp = igl_queue::AmqpQueue::connect(options)
+            .await
+            .context("cannot connect to the broker")?;
+        if args.via_outbox {
+            backend = format!("amqp via {backend} outbox");
+            let relay = igl_queue::OutboxRelay::new(
+                storage.clone(),
+                amqp.clone(),
+                vec![QUEUE],
+                igl_queue::RelayConfig::default(),
+            );
+            tokio::spawn(relay.run(relay_stop.clone()));
+            queue = Arc::new(igl_queue::BrokeredStorage::new(
+                storage.clone(),
+                amqp.clone(),
+            ));
+        } else {
+            backend = "amqp".to_owned();
+            queue = Arc::new(amqp.clone());
+        }
+        broker = Some(amqp);
+    }
 
     let enqueue = timed("enqueue", args.jobs, produce(&queue, &args)).await?;
     let handler = Arc::new(CountingHandler {
@@ -144,10 +184,15 @@ pub async fn run_queue_bench(args: QueueBenchArgs) -> anyhow::Result<()> {
         depth.ready + depth.in_flight + depth.dead == 0,
         "jobs left over: {depth:?}"
     );
+    relay_stop.cancel();
+    if let Some(broker) = broker {
+        broker.delete_topology(&[QUEUE]).await?;
+        broker.close().await;
+    }
 
     let result = QueueBenchResult {
         benchmark: "queue",
-        backend: backend.to_owned(),
+        backend,
         workers: args.workers,
         producers: args.producers,
         batch: args.batch,

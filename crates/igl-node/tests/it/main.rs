@@ -3,6 +3,7 @@
 mod support;
 
 mod admin;
+mod broker;
 mod crash;
 mod documents;
 mod hub;

@@ -274,6 +274,16 @@ impl TestNode {
             .clone()
     }
 
+    /// The SQL outbox and the broker, when the node runs with `queue.backend = "amqp"`.
+    pub fn outbox(&self) -> Option<igl_node::Outbox> {
+        self.running
+            .as_ref()
+            .expect("running")
+            .backends
+            .outbox
+            .clone()
+    }
+
     /// Runs the node's real handler of `queue` until nothing is due.
     pub async fn drain(&self, queue: QueueName) -> DrainReport {
         let running = self.running.as_ref().expect("running");

@@ -1,10 +1,10 @@
-//! The `JobQueue` contract.
+//! The `JobQueue` contract, for every adapter (SQL tables and the AMQP broker).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use igl_core::Storage;
+use igl_core::JobQueue;
 
 use crate::fixtures::{job, queue};
 
@@ -49,7 +49,7 @@ where
 
 /// Jobs come out in enqueue order, at most `max` per claim, each with attempt 1, and ack
 /// removes them.
-pub async fn enqueue_claim_ack(storage: &dyn Storage) {
+pub async fn enqueue_claim_ack(storage: &dyn JobQueue) {
     let q = queue("work");
     let jobs: Vec<_> = (0..10).map(|n| job("work", n)).collect();
     storage.enqueue(&jobs).await.unwrap();
@@ -88,7 +88,7 @@ pub async fn enqueue_claim_ack(storage: &dyn Storage) {
 }
 
 /// A delayed job is not claimable before its delay and is afterwards.
-pub async fn delayed_jobs_wait(storage: &dyn Storage) {
+pub async fn delayed_jobs_wait(storage: &dyn JobQueue) {
     let q = queue("later");
     storage
         .enqueue(&[job("later", 1).with_delay(Duration::from_millis(300))])
@@ -107,7 +107,7 @@ pub async fn delayed_jobs_wait(storage: &dyn Storage) {
 
 /// A dedup key suppresses duplicates while the job is queued or leased, and is free again
 /// after the ack.
-pub async fn dedup_key_suppresses_duplicates(storage: &dyn Storage) {
+pub async fn dedup_key_suppresses_duplicates(storage: &dyn JobQueue) {
     let q = queue("dedup");
     let keyed = |n| job("dedup", n).with_dedup_key("AU:ref-1");
     storage.enqueue(&[keyed(1), keyed(2)]).await.unwrap();
@@ -131,7 +131,7 @@ pub async fn dedup_key_suppresses_duplicates(storage: &dyn Storage) {
 
 /// An unacked job comes back after its lease with attempt 2; the stale receipt can no
 /// longer ack, retry or dead-letter it.
-pub async fn expired_lease_returns_the_job(storage: &dyn Storage) {
+pub async fn expired_lease_returns_the_job(storage: &dyn JobQueue) {
     let q = queue("lease");
     storage.enqueue(&[job("lease", 7)]).await.unwrap();
     let first = storage
@@ -163,7 +163,7 @@ pub async fn expired_lease_returns_the_job(storage: &dyn Storage) {
 }
 
 /// Extending a lease keeps the job away from other consumers.
-pub async fn extend_lease_keeps_the_job(storage: &dyn Storage) {
+pub async fn extend_lease_keeps_the_job(storage: &dyn JobQueue) {
     let q = queue("heartbeat");
     storage.enqueue(&[job("heartbeat", 1)]).await.unwrap();
     let held = storage
@@ -182,7 +182,7 @@ pub async fn extend_lease_keeps_the_job(storage: &dyn Storage) {
 
 /// Retry records the error and makes the job claimable after the delay with the next
 /// attempt number.
-pub async fn retry_with_backoff(storage: &dyn Storage) {
+pub async fn retry_with_backoff(storage: &dyn JobQueue) {
     let q = queue("retry");
     storage.enqueue(&[job("retry", 1)]).await.unwrap();
     let first = storage.claim(&q, 1, LEASE).await.unwrap().remove(0);
@@ -209,7 +209,7 @@ pub async fn retry_with_backoff(storage: &dyn Storage) {
 
 /// Dead letters are listed with their error and attempts, and replay puts them back as
 /// fresh jobs.
-pub async fn dead_letter_and_replay(storage: &dyn Storage) {
+pub async fn dead_letter_and_replay(storage: &dyn JobQueue) {
     let q = queue("dlq");
     storage
         .enqueue(&[job("dlq", 1), job("dlq", 2), job("elsewhere", 3)])
@@ -264,7 +264,7 @@ pub async fn dead_letter_and_replay(storage: &dyn Storage) {
 
 /// Several consumers claiming concurrently never hold the same job at once, and together
 /// they see every job exactly once.
-pub async fn concurrent_consumers_never_share_a_job(storage: Arc<dyn Storage>) {
+pub async fn concurrent_consumers_never_share_a_job(storage: Arc<dyn JobQueue>) {
     const JOBS: u64 = 2_000;
     let q = queue("contended");
     let jobs: Vec<_> = (0..JOBS).map(|n| job("contended", n)).collect();
@@ -306,7 +306,7 @@ pub async fn concurrent_consumers_never_share_a_job(storage: Arc<dyn Storage>) {
 }
 
 /// An idle consumer waiting on a queue wakes promptly when a job is enqueued.
-pub async fn waiting_consumer_wakes_on_enqueue(storage: Arc<dyn Storage>) {
+pub async fn waiting_consumer_wakes_on_enqueue(storage: Arc<dyn JobQueue>) {
     let q = queue("wake");
     let waiter = {
         let storage = storage.clone();

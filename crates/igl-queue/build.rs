@@ -1,0 +1,23 @@
+//! Marks the tests that need PostgreSQL or RabbitMQ as ignored (with the reason shown by
+//! the test runner) when `IGL_TEST_POSTGRES_URL` / `IGL_TEST_AMQP_URL` is not set
+//! (`igl_skip_broker_shape` when either is missing).
+
+fn main() {
+    let mut broker_shape = true;
+    for (variable, cfg) in [
+        ("IGL_TEST_POSTGRES_URL", "igl_skip_postgres"),
+        ("IGL_TEST_AMQP_URL", "igl_skip_amqp"),
+    ] {
+        println!("cargo::rustc-check-cfg=cfg({cfg})");
+        println!("cargo::rerun-if-env-changed={variable}");
+        if std::env::var_os(variable).is_none_or(|url| url.is_empty()) {
+            println!("cargo::rustc-cfg={cfg}");
+            broker_shape = false;
+        }
+    }
+    // Tests of the broker shape need both servers.
+    println!("cargo::rustc-check-cfg=cfg(igl_skip_broker_shape)");
+    if !broker_shape {
+        println!("cargo::rustc-cfg=igl_skip_broker_shape");
+    }
+}

@@ -1,0 +1,1155 @@
+//! [`AmqpQueue`]: the [`JobQueue`] port on RabbitMQ (AMQP 0-9-1).
+//!
+//! # Topology (per queue `q`, names prefixed with [`AmqpOptions::prefix`])
+//!
+//! - `{prefix}{q}`: the work queue, a durable **quorum** queue with `x-delivery-limit`
+//!   ([`AmqpOptions::delivery_limit`]) and the default exchange as dead-letter exchange
+//!   routing to `{prefix}{q}.dead` (at-least-once dead-lettering);
+//! - `{prefix}{q}.dead`: the dead-letter queue (quorum), listed and replayed through
+//!   [`JobQueue::dead_letters`] / [`JobQueue::replay_dead_letter`];
+//! - `{prefix}{q}.delay.{ms}`: one quorum queue per retry tier ([`DELAY_TIERS`]) with
+//!   `x-message-ttl = ms`, dead-lettering back to the work queue when the TTL ends. Delayed
+//!   jobs (retries, enqueues with a delay) go to the smallest tier at least as long as the
+//!   delay; a delay longer than the largest tier goes round again (the job carries its due
+//!   time and a claim that receives it early sends it back to a tier). No broker plugin.
+//!
+//! Every message is persistent and published with publisher confirms (an operation returns
+//! only after the broker confirmed); deliveries are acked manually.
+//!
+//! # How the lease contract maps onto AMQP
+//!
+//! - a **claim** takes deliveries already prefetched by this process's consumer (started by
+//!   [`JobQueue::wait_for_jobs`], `basic.qos` = [`AmqpOptions::prefetch`]); when there are
+//!   none it pulls with `basic.get` until it has `max` or the queue is empty — so a claim
+//!   right after an enqueue sees every confirmed job, in order;
+//! - a **lease** is an unacked delivery plus a local deadline: when the deadline passes
+//!   without an ack, retry, dead-letter or extension, the adapter returns the delivery to
+//!   the queue (`basic.nack requeue`), the broker counts the redelivery (`x-delivery-count`,
+//!   so `attempt` grows) and the old receipt stops working. When this process dies or its
+//!   connection drops, the broker returns every unacked delivery at once;
+//! - **retry** and **dead-letter** publish a copy (to a delay tier or the dead-letter
+//!   queue, with the attempt count and the error), wait for its confirm, then ack the
+//!   original. A crash between the two leaves both: the job runs once more (at least once);
+//! - **attempt** = attempts of earlier copies + broker redeliveries + 1; the quorum
+//!   `x-delivery-limit` dead-letters a message that keeps killing its consumers even if no
+//!   worker ever gets to count it.
+//!
+//! # What AMQP cannot give (and how the node stays correct)
+//!
+//! - **Dedup keys** are carried but not enforced: AMQP has no lookup of queued messages by
+//!   key. In the node's broker shape every job first goes through the SQL outbox
+//!   ([`crate::BrokeredStorage`]), which enforces the key while the job waits there; after
+//!   that, duplicates are absorbed by idempotent handlers (they already must be).
+//! - **Atomic multi-job enqueue**: [`JobQueue::enqueue`] publishes the jobs and waits for
+//!   all confirms; a failure part-way may leave some of them enqueued (the caller's retry
+//!   duplicates them). The node enqueues through the SQL outbox, which is atomic.
+//! - **Ordering** is FIFO per queue except for retried jobs (they rejoin at the tail) and
+//!   redeliveries.
+//! - **`depth.in_flight`** counts the leases (and prefetched deliveries) of this process
+//!   only; AMQP does not report other consumers' unacked messages.
+//! - **Listing and replaying dead letters** browses the dead-letter queue (gets without ack,
+//!   then returns them), so it costs O(dead letters) and is meant for operators.
+//! - **Leases longer than the broker's `consumer_timeout`** (30 min by default) are not
+//!   possible: RabbitMQ closes a channel whose delivery stays unacked longer.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use futures::StreamExt as _;
+use igl_core::{
+    ClaimedJob, DeadLetter, JobId, JobQueue, JobReceipt, NewJob, QueueDepth, QueueName, StoreError,
+};
+use lapin::message::Delivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions,
+    BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{Acker, Channel, Connection, ConnectionProperties};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+use crate::message::{JobMessage, now_micros, time_ordered_id, to_micros};
+
+/// The retry tiers, in milliseconds: a delayed job waits in the smallest tier at least as
+/// long as its delay (so it is never early and at most ~3.3× late), or in the largest one
+/// and then again.
+pub const DELAY_TIERS: [u64; 9] = [
+    100, 300, 1_000, 3_000, 10_000, 30_000, 120_000, 600_000, 3_600_000,
+];
+
+/// How many dead letters one listing or replay browses at most per queue.
+const BROWSE_LIMIT: usize = 10_000;
+
+/// A job claimed earlier than this before its due time is sent back to a delay tier.
+const DUE_TOLERANCE_MICROS: i64 = 5_000;
+
+/// Connection settings of [`AmqpQueue`].
+#[derive(Clone)]
+pub struct AmqpOptions {
+    /// `amqp://user:password@host:port/vhost` (the vhost URL-encoded: `%2f` for `/`).
+    pub url: String,
+    /// Prefix of every queue name (`igl.` → `igl.route`, `igl.route.dead`, …); lets several
+    /// nodes or tests share a vhost.
+    pub prefix: String,
+    /// How many deliveries the consumer of a queue may hold unclaimed (`basic.qos`).
+    pub prefetch: u16,
+    /// The quorum queues' `x-delivery-limit`: a message returned to its queue this many
+    /// times (crashed consumers, expired leases) is dead-lettered by the broker.
+    pub delivery_limit: u32,
+    /// Queues whose topology is declared at connect and that an unfiltered
+    /// [`JobQueue::dead_letters`] lists (queues used later are added as they are used).
+    pub queues: Vec<QueueName>,
+    /// Upper bound of every broker call.
+    pub operation_timeout: Duration,
+    /// The connection name shown in the broker's management tools.
+    pub connection_name: String,
+}
+
+impl AmqpOptions {
+    /// Options with the defaults: prefix `igl.`, prefetch 64, delivery limit 50, 10 s
+    /// operation timeout.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "igl.".into(),
+            prefetch: 64,
+            delivery_limit: 50,
+            queues: Vec::new(),
+            operation_timeout: Duration::from_secs(10),
+            connection_name: "igl-node".into(),
+        }
+    }
+}
+
+impl std::fmt::Debug for AmqpOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpOptions")
+            .field("url", &redact_amqp_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("prefetch", &self.prefetch)
+            .field("delivery_limit", &self.delivery_limit)
+            .field("queues", &self.queues)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `url` with its password replaced by `[redacted]`.
+pub fn redact_amqp_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut parsed) if parsed.password().is_some() => {
+            let _ = parsed.set_password(Some("REDACTED"));
+            parsed.to_string().replace(":REDACTED@", ":[redacted]@")
+        }
+        Ok(parsed) => parsed.to_string(),
+        Err(_) => "[unparsable url]".into(),
+    }
+}
+
+/// The job queue on RabbitMQ. Cheap to clone (shared state); one connection per value.
+///
+/// Reconnects on demand: an operation that finds the connection down opens a new one, with
+/// an exponential backoff (100 ms to 10 s) between failed attempts during which operations
+/// fail fast with [`StoreError::Unavailable`] (the worker runtime backs off in turn). Leases
+/// of a lost connection are lost (the broker redelivers those jobs).
+#[derive(Clone)]
+pub struct AmqpQueue {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AmqpQueue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpQueue")
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    options: AmqpOptions,
+    session: tokio::sync::Mutex<Option<Arc<Session>>>,
+    reconnect: Mutex<Backoff>,
+    leases: Mutex<HashMap<i64, Lease>>,
+    /// Wakes the lease reaper when a lease is added or changed.
+    lease_changed: Notify,
+    known_queues: Mutex<BTreeSet<QueueName>>,
+    wakeups: Mutex<HashMap<QueueName, Arc<Notify>>>,
+    next_token: AtomicI64,
+}
+
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+/// A held delivery.
+struct Lease {
+    id: JobId,
+    queue: QueueName,
+    acker: Acker,
+    deadline: Instant,
+    message: JobMessage,
+    attempt: u32,
+}
+
+/// One connection with its channels.
+struct Session {
+    connection: Connection,
+    /// Publishes everything, in confirm mode.
+    publisher: Channel,
+    queues: tokio::sync::Mutex<HashMap<QueueName, Arc<QueueChannel>>>,
+}
+
+/// The channel on which a queue is claimed from (gets and the prefetching consumer); its
+/// deliveries must be acked on it.
+struct QueueChannel {
+    channel: Channel,
+    /// Deliveries received by the consumer and not claimed yet.
+    buffer: Arc<Mutex<VecDeque<Delivery>>>,
+    consuming: tokio::sync::OnceCell<()>,
+}
+
+fn unavailable(error: impl Into<igl_core::BoxError>) -> StoreError {
+    StoreError::Unavailable(error.into())
+}
+
+#[derive(Debug, thiserror::Error)]
+enum BrokerError {
+    #[error("broker call {0} timed out")]
+    Timeout(&'static str),
+    #[error("broker call {0} failed")]
+    Call(&'static str, #[source] lapin::Error),
+    #[error("the broker did not confirm a publish to {0} (nack or unroutable)")]
+    NotConfirmed(String),
+    #[error("not reconnecting to the broker before the backoff ends ({0:?} left)")]
+    Backoff(Duration),
+}
+
+impl Inner {
+    async fn call<T>(
+        &self,
+        what: &'static str,
+        future: impl Future<Output = lapin::Result<T>>,
+    ) -> Result<T, StoreError> {
+        match tokio::time::timeout(self.options.operation_timeout, future).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(unavailable(BrokerError::Call(what, error))),
+            Err(_) => Err(unavailable(BrokerError::Timeout(what))),
+        }
+    }
+
+    fn name(&self, queue: &QueueName) -> String {
+        format!("{}{}", self.options.prefix, queue)
+    }
+
+    fn dead_name(&self, queue: &QueueName) -> String {
+        format!("{}{}.dead", self.options.prefix, queue)
+    }
+
+    fn tier_name(&self, queue: &QueueName, tier_ms: u64) -> String {
+        format!("{}{}.delay.{tier_ms}", self.options.prefix, queue)
+    }
+
+    fn wakeup(&self, queue: &QueueName) -> Arc<Notify> {
+        self.wakeups
+            .lock()
+            .expect("wakeups lock")
+            .entry(queue.clone())
+            .or_default()
+            .clone()
+    }
+
+    /// The current session, reconnecting when it is down (fails fast during the backoff).
+    async fn session(&self) -> Result<Arc<Session>, StoreError> {
+        let mut current = self.session.lock().await;
+        if let Some(session) = current.as_ref() {
+            if session.connection.status().connected() && session.publisher.status().connected() {
+                return Ok(session.clone());
+            }
+            warn!("broker connection lost, reconnecting");
+            *current = None;
+        }
+        if let Some(not_before) = self.reconnect.lock().expect("backoff lock").not_before {
+            let now = Instant::now();
+            if now < not_before {
+                return Err(unavailable(BrokerError::Backoff(not_before - now)));
+            }
+        }
+        match self.open_session().await {
+            Ok(session) => {
+                *self.reconnect.lock().expect("backoff lock") = Backoff::default();
+                let session = Arc::new(session);
+                *current = Some(session.clone());
+                Ok(session)
+            }
+            Err(error) => {
+                let mut backoff = self.reconnect.lock().expect("backoff lock");
+                backoff.failures = backoff.failures.saturating_add(1);
+                let delay = Duration::from_millis(100)
+                    .saturating_mul(1 << backoff.failures.min(7))
+                    .min(Duration::from_secs(10));
+                backoff.not_before = Some(Instant::now() + delay);
+                warn!(error = %crate::error_chain(&error), ?delay, "cannot connect to the broker");
+                Err(error)
+            }
+        }
+    }
+
+    async fn open_session(&self) -> Result<Session, StoreError> {
+        let properties = ConnectionProperties::default()
+            .with_connection_name(LongString::from(self.options.connection_name.as_bytes()));
+        let connection = self
+            .call(
+                "connect",
+                Connection::connect(&self.options.url, properties),
+            )
+            .await?;
+        let publisher = self
+            .call("channel.open", connection.create_channel())
+            .await?;
+        self.call(
+            "confirm.select",
+            publisher.confirm_select(ConfirmSelectOptions::default()),
+        )
+        .await?;
+        info!(url = %redact_amqp_url(&self.options.url), "connected to the broker");
+        Ok(Session {
+            connection,
+            publisher,
+            queues: tokio::sync::Mutex::default(),
+        })
+    }
+
+    /// The claim channel of `queue` in the current session, declaring its topology the
+    /// first time.
+    async fn queue_channel(&self, queue: &QueueName) -> Result<Arc<QueueChannel>, StoreError> {
+        let session = self.session().await?;
+        let mut queues = session.queues.lock().await;
+        if let Some(existing) = queues.get(queue) {
+            if existing.channel.status().connected() {
+                return Ok(existing.clone());
+            }
+            queues.remove(queue);
+        }
+        let channel = self
+            .call("channel.open", session.connection.create_channel())
+            .await?;
+        self.declare_topology(&channel, queue).await?;
+        self.known_queues
+            .lock()
+            .expect("known queues lock")
+            .insert(queue.clone());
+        let queue_channel = Arc::new(QueueChannel {
+            channel,
+            buffer: Arc::default(),
+            consuming: tokio::sync::OnceCell::new(),
+        });
+        queues.insert(queue.clone(), queue_channel.clone());
+        Ok(queue_channel)
+    }
+
+    /// Declares the work, dead-letter and delay-tier queues of `queue` (idempotent).
+    async fn declare_topology(
+        &self,
+        channel: &Channel,
+        queue: &QueueName,
+    ) -> Result<(), StoreError> {
+        let durable = QueueDeclareOptions {
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let work = self.name(queue);
+        let dead = self.dead_name(queue);
+        let mut dead_args = FieldTable::default();
+        dead_args.insert("x-queue-type".into(), text("quorum"));
+        self.call(
+            "queue.declare",
+            channel.queue_declare(dead.as_str().into(), durable, dead_args),
+        )
+        .await?;
+        let mut work_args = dead_lettering_to(&dead);
+        work_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(self.options.delivery_limit)),
+        );
+        self.call(
+            "queue.declare",
+            channel.queue_declare(work.as_str().into(), durable, work_args),
+        )
+        .await?;
+        for tier in DELAY_TIERS {
+            let mut tier_args = dead_lettering_to(&work);
+            tier_args.insert(
+                "x-message-ttl".into(),
+                AMQPValue::LongLongInt(i64::try_from(tier).unwrap_or(i64::MAX)),
+            );
+            let name = self.tier_name(queue, tier);
+            self.call(
+                "queue.declare",
+                channel.queue_declare(name.as_str().into(), durable, tier_args),
+            )
+            .await?;
+        }
+        debug!(queue = %queue, "queue topology declared");
+        Ok(())
+    }
+
+    /// Publishes `messages` (routing key = queue name, default exchange) and waits for
+    /// every confirm.
+    async fn publish(&self, messages: &[(String, JobMessage)]) -> Result<(), StoreError> {
+        if messages.is_empty() {
+            return Ok(());
+        }
+        let session = self.session().await?;
+        let mut confirms = Vec::with_capacity(messages.len());
+        for (routing_key, message) in messages {
+            let confirm = self
+                .call(
+                    "basic.publish",
+                    session.publisher.basic_publish(
+                        ShortString::from(""),
+                        routing_key.as_str().into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..BasicPublishOptions::default()
+                        },
+                        &message.payload,
+                        message.properties(),
+                    ),
+                )
+                .await?;
+            confirms.push((routing_key, confirm));
+        }
+        for (routing_key, confirm) in confirms {
+            let confirmation = self.call("publisher confirm", confirm).await?;
+            if !confirmation.is_ack() || confirmation.take_message().is_some() {
+                return Err(unavailable(BrokerError::NotConfirmed(routing_key.clone())));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where a job due `delay` from now goes: the work queue when it is due, else a tier.
+    fn route_for(&self, queue: &QueueName, delay: Duration) -> String {
+        if delay.is_zero() {
+            return self.name(queue);
+        }
+        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+        let tier = DELAY_TIERS
+            .iter()
+            .copied()
+            .find(|&tier| tier >= millis)
+            .unwrap_or(DELAY_TIERS[DELAY_TIERS.len() - 1]);
+        self.tier_name(queue, tier)
+    }
+
+    /// Takes the lease `receipt` still holds (not expired), or `None`.
+    fn take_lease(&self, receipt: JobReceipt) -> Option<Lease> {
+        let mut leases = self.leases.lock().expect("leases lock");
+        match leases.get(&receipt.lease_token) {
+            Some(lease) if lease.id == receipt.id && lease.deadline > Instant::now() => {
+                leases.remove(&receipt.lease_token)
+            }
+            _ => None,
+        }
+    }
+
+    fn put_lease(&self, token: i64, lease: Lease) {
+        self.leases
+            .lock()
+            .expect("leases lock")
+            .insert(token, lease);
+        self.lease_changed.notify_one();
+    }
+
+    /// Returns expired leases to their queues; returns the next deadline.
+    async fn expire_leases(&self) -> Option<Instant> {
+        let now = Instant::now();
+        let (expired, next) = {
+            let mut leases = self.leases.lock().expect("leases lock");
+            let tokens: Vec<i64> = leases
+                .iter()
+                .filter(|(_, lease)| lease.deadline <= now)
+                .map(|(token, _)| *token)
+                .collect();
+            let expired: Vec<Lease> = tokens
+                .iter()
+                .filter_map(|token| leases.remove(token))
+                .collect();
+            let next = leases.values().map(|lease| lease.deadline).min();
+            (expired, next)
+        };
+        for lease in expired {
+            debug!(job.id = lease.id.0, queue = %lease.queue, "lease expired, job returned to its queue");
+            let requeue = BasicNackOptions {
+                multiple: false,
+                requeue: true,
+            };
+            if let Err(error) = self.call("basic.nack", lease.acker.nack(requeue)).await {
+                debug!(error = %crate::error_chain(&error), "returning an expired lease failed; the broker returns it with the channel");
+            }
+        }
+        next
+    }
+
+    /// Turns a delivery into a claimed job (or deals with it when it is not one).
+    async fn accept(
+        &self,
+        queue: &QueueName,
+        delivery: Delivery,
+        lease: Duration,
+        claimed: &mut Vec<ClaimedJob>,
+    ) -> Result<(), StoreError> {
+        let (message, redeliveries) = match JobMessage::decode(&delivery.properties, &delivery.data)
+        {
+            Ok(decoded) => decoded,
+            Err(error) => {
+                warn!(queue = %queue, error = %crate::error_chain(&error), "not a job message, dead-lettered");
+                let reject = BasicRejectOptions { requeue: false };
+                self.call("basic.reject", delivery.acker.reject(reject))
+                    .await?;
+                return Ok(());
+            }
+        };
+        if let Some(due) = message.due_micros {
+            let early = due - now_micros();
+            if early > DUE_TOLERANCE_MICROS {
+                // Came back from the largest tier before its due time: wait again.
+                let delay = Duration::from_micros(u64::try_from(early).unwrap_or(0));
+                let route = self.route_for(queue, delay);
+                self.publish(&[(route, message)]).await?;
+                self.call("basic.ack", delivery.acker.ack(BasicAckOptions::default()))
+                    .await?;
+                return Ok(());
+            }
+        }
+        let attempt = message
+            .attempts
+            .saturating_add(redeliveries)
+            .saturating_add(1);
+        let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+        claimed.push(message.claimed(attempt, token));
+        self.put_lease(
+            token,
+            Lease {
+                id: message.id,
+                queue: queue.clone(),
+                acker: delivery.acker,
+                deadline: Instant::now() + lease,
+                message,
+                attempt,
+            },
+        );
+        Ok(())
+    }
+
+    /// Browses the dead-letter queues of `queues` on a scratch channel (its deliveries
+    /// return to their queues when it closes), calling `visit` with each dead letter. When
+    /// `replay` names a dead letter's id, that one is published again as a fresh job on its
+    /// queue (confirmed) and only then acked away; returns whether it was found.
+    async fn browse_dead(
+        &self,
+        queues: &[QueueName],
+        replay: Option<i64>,
+        mut visit: impl FnMut(DeadLetter),
+    ) -> Result<bool, StoreError> {
+        let session = self.session().await?;
+        for queue in queues {
+            self.queue_channel(queue).await?;
+        }
+        let scratch = self
+            .call("channel.open", session.connection.create_channel())
+            .await?;
+        let result = self.browse_on(&scratch, queues, replay, &mut visit).await;
+        // Closing returns every other browsed message to its queue.
+        let _ = self
+            .call("channel.close", scratch.close(200, "browsed".into()))
+            .await;
+        result
+    }
+
+    async fn browse_on(
+        &self,
+        scratch: &Channel,
+        queues: &[QueueName],
+        replay: Option<i64>,
+        visit: &mut impl FnMut(DeadLetter),
+    ) -> Result<bool, StoreError> {
+        for queue in queues {
+            let dead = self.dead_name(queue);
+            for _ in 0..BROWSE_LIMIT {
+                let got = self
+                    .call(
+                        "basic.get",
+                        scratch.basic_get(dead.as_str().into(), BasicGetOptions { no_ack: false }),
+                    )
+                    .await?;
+                let Some(got) = got else { break };
+                let remaining = got.message_count;
+                let delivery = got.delivery;
+                if let Ok((message, redeliveries)) =
+                    JobMessage::decode(&delivery.properties, &delivery.data)
+                {
+                    // Browsing returns the message, which the broker counts as a
+                    // redelivery: only the first one counts as an attempt.
+                    let redeliveries = if message.dead.is_some() {
+                        0
+                    } else {
+                        redeliveries.min(1)
+                    };
+                    let letter = message.dead_letter(redeliveries);
+                    if replay == Some(letter.id) {
+                        let fresh = JobMessage {
+                            id: JobId(time_ordered_id()),
+                            attempts: 0,
+                            last_error: None,
+                            due_micros: None,
+                            dead: None,
+                            death_reason: None,
+                            ..message
+                        };
+                        let route = self.name(&fresh.queue);
+                        let queue = fresh.queue.clone();
+                        self.publish(&[(route, fresh)]).await?;
+                        self.call("basic.ack", delivery.acker.ack(BasicAckOptions::default()))
+                            .await?;
+                        self.wakeup(&queue).notify_waiters();
+                        return Ok(true);
+                    }
+                    visit(letter);
+                }
+                if remaining == 0 {
+                    break;
+                }
+            }
+        }
+        Ok(false)
+    }
+
+    fn browse_queues(&self, queue: Option<&QueueName>) -> Vec<QueueName> {
+        match queue {
+            Some(queue) => vec![queue.clone()],
+            None => self
+                .known_queues
+                .lock()
+                .expect("known queues lock")
+                .iter()
+                .cloned()
+                .collect(),
+        }
+    }
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.as_bytes()))
+}
+
+/// Queue arguments of a quorum queue that dead-letters (at least once) to `target`.
+fn dead_lettering_to(target: &str) -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert("x-queue-type".into(), text("quorum"));
+    args.insert("x-dead-letter-exchange".into(), text(""));
+    args.insert("x-dead-letter-routing-key".into(), text(target));
+    args.insert("x-dead-letter-strategy".into(), text("at-least-once"));
+    args.insert("x-overflow".into(), text("reject-publish"));
+    args
+}
+
+impl AmqpQueue {
+    /// Connects to the broker and declares the topology of `options.queues`.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the broker cannot be reached or refuses the
+    /// declarations (e.g. a queue exists with other arguments).
+    pub async fn connect(options: AmqpOptions) -> Result<Self, StoreError> {
+        let queues = options.queues.clone();
+        let inner = Arc::new(Inner {
+            known_queues: Mutex::new(queues.iter().cloned().collect()),
+            options,
+            session: tokio::sync::Mutex::default(),
+            reconnect: Mutex::default(),
+            leases: Mutex::default(),
+            lease_changed: Notify::new(),
+            wakeups: Mutex::default(),
+            next_token: AtomicI64::new(rand::random_range(1..i64::MAX / 2)),
+        });
+        for queue in &queues {
+            inner.queue_channel(queue).await?;
+        }
+        if queues.is_empty() {
+            inner.session().await?;
+        }
+        tokio::spawn(reap_leases(Arc::downgrade(&inner)));
+        Ok(Self { inner })
+    }
+
+    /// Publishes already-committed outbox jobs (the relay's side): each keeps `id` as its
+    /// job id, so a job published twice (a relay that crashed before marking it sent) is
+    /// recognisably the same job. Waits for every confirm.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the broker does not confirm every message; some may
+    /// have been published (the relay publishes them again).
+    pub async fn publish_outbox(&self, jobs: &[ClaimedJob]) -> Result<(), StoreError> {
+        let messages: Vec<(String, JobMessage)> = jobs
+            .iter()
+            .map(|job| {
+                (
+                    self.inner.name(&job.queue),
+                    JobMessage {
+                        id: job.id,
+                        queue: job.queue.clone(),
+                        payload: serde_json::to_vec(&job.payload).unwrap_or_default(),
+                        attempts: 0,
+                        enqueued_at_micros: to_micros(job.enqueued_at),
+                        due_micros: None,
+                        dedup_key: job.dedup_key.clone(),
+                        last_error: None,
+                        dead: None,
+                        death_reason: None,
+                    },
+                )
+            })
+            .collect();
+        for job in jobs {
+            self.inner.queue_channel(&job.queue).await?;
+        }
+        self.inner.publish(&messages).await?;
+        for queue in jobs.iter().map(|job| &job.queue).collect::<BTreeSet<_>>() {
+            self.inner.wakeup(queue).notify_waiters();
+        }
+        Ok(())
+    }
+
+    /// Checks that the broker answers (connecting if needed), for readiness probes.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when it does not.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.inner.session().await.map(|_| ())
+    }
+
+    /// How many of `receipts` still hold their lease (without changing anything).
+    pub fn held(&self, receipts: &[JobReceipt]) -> u64 {
+        let leases = self.inner.leases.lock().expect("leases lock");
+        let now = Instant::now();
+        receipts
+            .iter()
+            .filter(|receipt| {
+                leases
+                    .get(&receipt.lease_token)
+                    .is_some_and(|lease| lease.id == receipt.id && lease.deadline > now)
+            })
+            .count() as u64
+    }
+
+    /// Deletes every queue of `queues` (work, dead-letter, tiers): for tests.
+    ///
+    /// # Errors
+    ///
+    /// [`StoreError::Unavailable`] when the broker fails.
+    pub async fn delete_topology(&self, queues: &[QueueName]) -> Result<(), StoreError> {
+        let session = self.inner.session().await?;
+        let channel = self
+            .inner
+            .call("channel.open", session.connection.create_channel())
+            .await?;
+        for queue in queues {
+            let mut names = vec![self.inner.name(queue), self.inner.dead_name(queue)];
+            names.extend(
+                DELAY_TIERS
+                    .iter()
+                    .map(|&tier| self.inner.tier_name(queue, tier)),
+            );
+            for name in names {
+                self.inner
+                    .call(
+                        "queue.delete",
+                        channel.queue_delete(name.as_str().into(), QueueDeleteOptions::default()),
+                    )
+                    .await?;
+            }
+        }
+        session.queues.lock().await.clear();
+        Ok(())
+    }
+
+    /// Closes the connection (leases still held are returned by the broker).
+    pub async fn close(&self) {
+        if let Some(session) = self.inner.session.lock().await.take() {
+            let _ = self
+                .inner
+                .call(
+                    "connection.close",
+                    session.connection.close(200, "bye".into()),
+                )
+                .await;
+        }
+    }
+}
+
+/// Returns expired leases until the queue is dropped.
+async fn reap_leases(inner: Weak<Inner>) {
+    loop {
+        let Some(strong) = inner.upgrade() else {
+            return;
+        };
+        let next = strong.expire_leases().await;
+        let wait = next
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        // Wait without keeping the queue alive: a dropped queue stops the reaper within 1 s.
+        let changed = async {
+            strong.lease_changed.notified().await;
+        };
+        let weak_wait = tokio::time::sleep(wait);
+        tokio::select! {
+            () = changed => {}
+            () = weak_wait => {}
+        }
+        drop(strong);
+    }
+}
+
+#[async_trait]
+impl JobQueue for AmqpQueue {
+    /// Publishes each job (to its work queue, or to a delay tier) and waits for the
+    /// confirms. Not atomic across jobs, and dedup keys are not enforced (module docs).
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), StoreError> {
+        let now = now_micros();
+        let mut messages = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            self.inner.queue_channel(&job.queue).await?;
+            let delay_micros = i64::try_from(job.delay.as_micros()).unwrap_or(i64::MAX);
+            messages.push((
+                self.inner.route_for(&job.queue, job.delay),
+                JobMessage {
+                    id: JobId(time_ordered_id()),
+                    queue: job.queue.clone(),
+                    payload: serde_json::to_vec(&job.payload)
+                        .map_err(|error| StoreError::InvalidArgument(error.to_string()))?,
+                    attempts: 0,
+                    enqueued_at_micros: now,
+                    due_micros: (!job.delay.is_zero()).then(|| now.saturating_add(delay_micros)),
+                    dedup_key: job.dedup_key.clone(),
+                    last_error: None,
+                    dead: None,
+                    death_reason: None,
+                },
+            ));
+        }
+        self.inner.publish(&messages).await?;
+        for job in jobs.iter().filter(|job| job.delay.is_zero()) {
+            self.inner.wakeup(&job.queue).notify_waiters();
+        }
+        Ok(())
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let claim_channel = self.inner.queue_channel(queue).await?;
+        let mut claimed = Vec::new();
+        while claimed.len() < max {
+            let buffered = claim_channel
+                .buffer
+                .lock()
+                .expect("buffer lock")
+                .pop_front();
+            let Some(delivery) = buffered else { break };
+            if delivery.acker.usable() {
+                self.inner
+                    .accept(queue, delivery, lease, &mut claimed)
+                    .await?;
+            }
+        }
+        if !claimed.is_empty() {
+            // Push mode (a consumer is prefetching): what it delivered is the batch; pulling
+            // the rest one `basic.get` round trip at a time would only slow the claim down.
+            return Ok(claimed);
+        }
+        let name = self.inner.name(queue);
+        while claimed.len() < max {
+            let got = self
+                .inner
+                .call(
+                    "basic.get",
+                    claim_channel
+                        .channel
+                        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false }),
+                )
+                .await?;
+            let Some(got) = got else { break };
+            let remaining = got.message_count;
+            self.inner
+                .accept(queue, got.delivery, lease, &mut claimed)
+                .await?;
+            if remaining == 0 {
+                break;
+            }
+        }
+        Ok(claimed)
+    }
+
+    async fn ack(&self, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
+        let mut acked = 0;
+        for receipt in receipts {
+            let Some(lease) = self.inner.take_lease(*receipt) else {
+                continue;
+            };
+            // A failed ack means the channel is gone: the broker redelivers the job.
+            if let Ok(true) = self
+                .inner
+                .call("basic.ack", lease.acker.ack(BasicAckOptions::default()))
+                .await
+            {
+                acked += 1;
+            }
+        }
+        Ok(acked)
+    }
+
+    async fn retry(
+        &self,
+        receipt: JobReceipt,
+        delay: Duration,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        let Some(lease) = self.inner.take_lease(receipt) else {
+            return Ok(false);
+        };
+        let now = now_micros();
+        let delay_micros = i64::try_from(delay.as_micros()).unwrap_or(i64::MAX);
+        let copy = JobMessage {
+            attempts: lease.attempt,
+            last_error: Some(error.to_owned()),
+            due_micros: (!delay.is_zero()).then(|| now.saturating_add(delay_micros)),
+            ..lease.message.clone()
+        };
+        let route = self.inner.route_for(&lease.queue, delay);
+        if let Err(publish_error) = self.inner.publish(&[(route, copy)]).await {
+            self.inner.put_lease(receipt.lease_token, lease);
+            return Err(publish_error);
+        }
+        let _ = self
+            .inner
+            .call("basic.ack", lease.acker.ack(BasicAckOptions::default()))
+            .await;
+        if delay.is_zero() {
+            self.inner.wakeup(&lease.queue).notify_waiters();
+        }
+        Ok(true)
+    }
+
+    async fn dead_letter(&self, receipt: JobReceipt, error: &str) -> Result<bool, StoreError> {
+        let Some(lease) = self.inner.take_lease(receipt) else {
+            return Ok(false);
+        };
+        let copy = JobMessage {
+            attempts: lease.attempt,
+            last_error: Some(error.to_owned()),
+            due_micros: None,
+            dead: Some((time_ordered_id(), now_micros())),
+            death_reason: None,
+            ..lease.message.clone()
+        };
+        let route = self.inner.dead_name(&lease.queue);
+        if let Err(publish_error) = self.inner.publish(&[(route, copy)]).await {
+            self.inner.put_lease(receipt.lease_token, lease);
+            return Err(publish_error);
+        }
+        let _ = self
+            .inner
+            .call("basic.ack", lease.acker.ack(BasicAckOptions::default()))
+            .await;
+        Ok(true)
+    }
+
+    async fn extend_lease(&self, receipt: JobReceipt, lease: Duration) -> Result<bool, StoreError> {
+        let mut leases = self.inner.leases.lock().expect("leases lock");
+        match leases.get_mut(&receipt.lease_token) {
+            Some(held) if held.id == receipt.id && held.deadline > Instant::now() => {
+                held.deadline = Instant::now() + lease;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: Option<&QueueName>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        let queues = self.inner.browse_queues(queue);
+        let mut letters = Vec::new();
+        self.inner
+            .browse_dead(&queues, None, |letter| letters.push(letter))
+            .await?;
+        letters.sort_by_key(|letter| letter.id);
+        letters.dedup_by_key(|letter| letter.id);
+        Ok(letters
+            .into_iter()
+            .filter(|letter| after.is_none_or(|after| letter.id > after))
+            .take(limit as usize)
+            .collect())
+    }
+
+    async fn replay_dead_letter(&self, id: i64) -> Result<bool, StoreError> {
+        let queues = self.inner.browse_queues(None);
+        self.inner.browse_dead(&queues, Some(id), |_| {}).await
+    }
+
+    async fn depth(&self, queue: &QueueName) -> Result<QueueDepth, StoreError> {
+        let claim_channel = self.inner.queue_channel(queue).await?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            durable: true,
+            ..QueueDeclareOptions::default()
+        };
+        let count = |name: String| {
+            let channel = claim_channel.channel.clone();
+            let inner = self.inner.clone();
+            async move {
+                inner
+                    .call(
+                        "queue.declare",
+                        channel.queue_declare(name.as_str().into(), passive, FieldTable::default()),
+                    )
+                    .await
+                    .map(|declared| u64::from(declared.message_count()))
+            }
+        };
+        let ready = count(self.inner.name(queue)).await?;
+        let dead = count(self.inner.dead_name(queue)).await?;
+        let mut scheduled = 0;
+        for tier in DELAY_TIERS {
+            scheduled += count(self.inner.tier_name(queue, tier)).await?;
+        }
+        let leased = self
+            .inner
+            .leases
+            .lock()
+            .expect("leases lock")
+            .values()
+            .filter(|lease| &lease.queue == queue)
+            .count() as u64;
+        let buffered = claim_channel.buffer.lock().expect("buffer lock").len() as u64;
+        Ok(QueueDepth {
+            ready,
+            scheduled,
+            in_flight: leased + buffered,
+            dead,
+        })
+    }
+
+    /// Starts (once per connection) a consumer on `queue` with `basic.qos` =
+    /// [`AmqpOptions::prefetch`], then waits until it receives a delivery, a job is
+    /// enqueued by this process, or `timeout` passes.
+    async fn wait_for_jobs(&self, queue: &QueueName, timeout: Duration) {
+        let wakeup = self.inner.wakeup(queue);
+        let notified = wakeup.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let claim_channel = match self.inner.queue_channel(queue).await {
+            Ok(claim_channel) => claim_channel,
+            Err(_) => {
+                // The broker is down: the caller's next claim reports it.
+                tokio::time::sleep(timeout.min(Duration::from_secs(1))).await;
+                return;
+            }
+        };
+        let started = claim_channel
+            .consuming
+            .get_or_try_init(|| self.start_consumer(queue, &claim_channel, wakeup.clone()))
+            .await;
+        if started.is_err() {
+            tokio::time::sleep(timeout.min(Duration::from_secs(1))).await;
+            return;
+        }
+        if !claim_channel.buffer.lock().expect("buffer lock").is_empty() {
+            return;
+        }
+        let _ = tokio::time::timeout(timeout, notified).await;
+    }
+}
+
+impl AmqpQueue {
+    async fn start_consumer(
+        &self,
+        queue: &QueueName,
+        claim_channel: &QueueChannel,
+        wakeup: Arc<Notify>,
+    ) -> Result<(), StoreError> {
+        let channel = &claim_channel.channel;
+        self.inner
+            .call(
+                "basic.qos",
+                channel.basic_qos(self.inner.options.prefetch, BasicQosOptions::default()),
+            )
+            .await?;
+        let name = self.inner.name(queue);
+        let mut consumer = self
+            .inner
+            .call(
+                "basic.consume",
+                channel.basic_consume(
+                    name.as_str().into(),
+                    ShortString::from(""),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                ),
+            )
+            .await?;
+        let buffer = claim_channel.buffer.clone();
+        let queue = queue.clone();
+        tokio::spawn(async move {
+            while let Some(delivery) = consumer.next().await {
+                match delivery {
+                    Ok(delivery) => {
+                        buffer.lock().expect("buffer lock").push_back(delivery);
+                        wakeup.notify_waiters();
+                    }
+                    Err(error) => {
+                        debug!(queue = %queue, %error, "consumer stopped");
+                        break;
+                    }
+                }
+            }
+            wakeup.notify_waiters();
+        });
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact_amqp_url("amqp://guest:secret@127.0.0.1:5672/%2f"),
+            "amqp://guest:[redacted]@127.0.0.1:5672/%2f"
+        );
+        assert_eq!(redact_amqp_url("not a url"), "[unparsable url]");
+    }
+
+    #[test]
+    fn tiers_grow() {
+        assert!(DELAY_TIERS.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+}

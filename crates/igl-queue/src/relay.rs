@@ -1,0 +1,154 @@
+//! [`OutboxRelay`]: publishes the jobs committed into the SQL outbox to the broker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use igl_core::{JobQueue, QueueName, StoreError};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument as _, debug, info, info_span, warn};
+
+use crate::AmqpQueue;
+
+/// How the relay claims outbox rows.
+#[derive(Debug, Clone)]
+pub struct RelayConfig {
+    /// Rows claimed and published per round, per queue.
+    pub batch: usize,
+    /// How long claimed rows stay invisible to other relay replicas: if this relay dies
+    /// before marking them sent, another one publishes them after this.
+    pub lease: Duration,
+    /// Longest wait for new rows before looking again (delayed rows become due without a
+    /// wake-up).
+    pub idle_poll: Duration,
+}
+
+impl Default for RelayConfig {
+    fn default() -> Self {
+        Self {
+            batch: 256,
+            lease: Duration::from_secs(30),
+            idle_poll: Duration::from_millis(500),
+        }
+    }
+}
+
+/// The transactional-outbox relay.
+///
+/// The outbox is the SQL `jobs` table: units of work write the jobs a state change causes
+/// there, in the same transaction. For each queue the relay claims due rows with a lease
+/// (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several relay replicas share the work and
+/// never hold the same row), publishes them to the broker with publisher confirms, and only
+/// after every confirm deletes them (acks the claim). So:
+///
+/// - a rolled-back transaction's jobs never reach the broker (they were never committed);
+/// - a committed job reaches it at least once: a relay that dies between publish and
+///   delete leaves its rows leased; after the lease another relay publishes them again,
+///   with the same job id — the consumers' idempotent handlers absorb the duplicate;
+/// - a delayed job is published when it becomes due, so the broker never holds it early;
+/// - a dedup key suppresses duplicates while the job waits in the outbox.
+#[derive(Debug, Clone)]
+pub struct OutboxRelay {
+    outbox: Arc<dyn JobQueue>,
+    broker: AmqpQueue,
+    queues: Vec<QueueName>,
+    config: RelayConfig,
+}
+
+impl OutboxRelay {
+    /// A relay of `queues` from `outbox` (the SQL backend's job queue) to `broker`.
+    pub fn new(
+        outbox: Arc<dyn JobQueue>,
+        broker: AmqpQueue,
+        queues: Vec<QueueName>,
+        config: RelayConfig,
+    ) -> Self {
+        Self {
+            outbox,
+            broker,
+            queues,
+            config,
+        }
+    }
+
+    /// Publishes one batch of due rows of `queue`; returns how many were published and
+    /// marked sent (0 when none was due).
+    ///
+    /// # Errors
+    ///
+    /// The first failed outbox or broker call. Rows whose publish was not confirmed are
+    /// released to be published again after a short delay.
+    pub async fn relay_once(&self, queue: &QueueName) -> Result<usize, StoreError> {
+        let jobs = self
+            .outbox
+            .claim(queue, self.config.batch, self.config.lease)
+            .await?;
+        if jobs.is_empty() {
+            return Ok(0);
+        }
+        let receipts: Vec<_> = jobs.iter().map(|job| job.receipt()).collect();
+        if let Err(error) = self.broker.publish_outbox(&jobs).await {
+            for receipt in &receipts {
+                // Best effort: a row not released comes back after its lease anyway.
+                let _ = self
+                    .outbox
+                    .retry(*receipt, Duration::from_secs(1), "broker publish failed")
+                    .await;
+            }
+            return Err(error);
+        }
+        let marked = self.outbox.ack(&receipts).await?;
+        if marked < receipts.len() as u64 {
+            warn!(
+                queue = %queue,
+                lost = receipts.len() as u64 - marked,
+                "outbox leases lost before marking rows sent; they will be published again"
+            );
+        }
+        debug!(queue = %queue, published = jobs.len(), "outbox rows relayed");
+        Ok(jobs.len())
+    }
+
+    /// Relays every queue until `shutdown` is cancelled (one loop per queue). Failures
+    /// are logged and retried with backoff (50 ms to 5 s); the relay never gives up.
+    pub async fn run(self, shutdown: CancellationToken) {
+        info!(queues = self.queues.len(), "outbox relay started");
+        let relay = Arc::new(self);
+        let mut loops = JoinSet::new();
+        for queue in relay.queues.clone() {
+            let relay = relay.clone();
+            let shutdown = shutdown.clone();
+            let span = info_span!("outbox_relay", queue = %queue);
+            loops.spawn(async move { relay.run_queue(&queue, shutdown).await }.instrument(span));
+        }
+        while loops.join_next().await.is_some() {}
+        info!("outbox relay stopped");
+    }
+
+    async fn run_queue(&self, queue: &QueueName, shutdown: CancellationToken) {
+        let mut failures: u32 = 0;
+        while !shutdown.is_cancelled() {
+            match self.relay_once(queue).await {
+                Ok(0) => {
+                    failures = 0;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = self.outbox.wait_for_jobs(queue, self.config.idle_poll) => {}
+                    }
+                }
+                Ok(_) => failures = 0,
+                Err(error) => {
+                    failures = failures.saturating_add(1);
+                    let delay = Duration::from_millis(50)
+                        .saturating_mul(1 << failures.min(7))
+                        .min(Duration::from_secs(5));
+                    warn!(error = %crate::error_chain(&error), ?delay, "outbox relay failed, retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}

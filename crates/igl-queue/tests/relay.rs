@@ -1,0 +1,247 @@
+//! The transactional outbox relay and the brokered storage on real PostgreSQL + RabbitMQ
+//! (`IGL_TEST_POSTGRES_URL` and `IGL_TEST_AMQP_URL`; ignored, with the reason, without them).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use igl_core::{EventLog, JobQueue, Storage};
+use igl_queue::{BrokeredStorage, OutboxRelay, RelayConfig};
+use igl_testkit::backends::{TestBroker, TestStorage, amqp, postgres};
+use igl_testkit::conformance::jobs::{eventually, eventually_some};
+use igl_testkit::fixtures::{event, job, queue};
+use tokio_util::sync::CancellationToken;
+
+const LEASE: Duration = Duration::from_secs(30);
+
+struct Shape {
+    sql: TestStorage,
+    broker: TestBroker,
+    storage: BrokeredStorage,
+}
+
+async fn shape() -> Shape {
+    let sql = postgres().await;
+    let broker = amqp().await;
+    let storage = BrokeredStorage::new(sql.storage.clone(), broker.queue.clone());
+    Shape {
+        sql,
+        broker,
+        storage,
+    }
+}
+
+fn relay(shape: &Shape, names: &[&str], lease: Duration) -> OutboxRelay {
+    OutboxRelay::new(
+        shape.sql.storage.clone(),
+        shape.broker.queue.clone(),
+        names.iter().map(|name| queue(name)).collect(),
+        RelayConfig {
+            batch: 64,
+            lease,
+            idle_poll: Duration::from_millis(100),
+        },
+    )
+}
+
+/// A committed unit of work's jobs reach the broker once relayed; a rolled-back one's
+/// never do; the outbox is empty afterwards.
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_jobs_reach_the_broker_rolled_back_ones_never_do() {
+    let shape = shape().await;
+    let q = queue("outbox");
+    let mut unit = shape.storage.begin().await.unwrap();
+    unit.enqueue(&[job("outbox", 1), job("outbox", 2)])
+        .await
+        .unwrap();
+    unit.append_event(&event("e1", "a.b")).await.unwrap();
+    unit.commit().await.unwrap();
+    let mut rolled_back = shape.storage.begin().await.unwrap();
+    rolled_back.enqueue(&[job("outbox", 3)]).await.unwrap();
+    drop(rolled_back);
+    assert!(
+        shape
+            .broker
+            .queue
+            .claim(&q, 10, LEASE)
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing reaches the broker before the relay"
+    );
+    assert_eq!(
+        shape.storage.depth(&q).await.unwrap().ready,
+        2,
+        "in the outbox"
+    );
+
+    let relay = relay(&shape, &["outbox"], LEASE);
+    assert_eq!(relay.relay_once(&q).await.unwrap(), 2);
+    assert_eq!(relay.relay_once(&q).await.unwrap(), 0, "marked sent");
+    let claimed = shape.storage.claim(&q, 10, LEASE).await.unwrap();
+    let mut numbers: Vec<u64> = claimed
+        .iter()
+        .map(|job| job.payload["n"].as_u64().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(numbers, vec![1, 2], "the rolled-back job never arrives");
+    let receipts: Vec<_> = claimed.iter().map(|job| job.receipt()).collect();
+    assert_eq!(shape.storage.ack(&receipts).await.unwrap(), 2);
+    let depth = shape.storage.depth(&q).await.unwrap();
+    assert_eq!(depth, igl_core::QueueDepth::default());
+    shape.broker.cleanup(&["outbox"]).await;
+}
+
+/// A relay killed between publishing and marking its rows sent leaves them leased; after
+/// the lease another relay publishes them again (same job id), and a consumer that acks in
+/// its unit of work with an idempotent effect absorbs the duplicate: one effect, both
+/// deliveries acked after their commits.
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_killed_before_marking_republishes_and_the_consumer_absorbs_it() {
+    let shape = shape().await;
+    let q = queue("crashy");
+    shape.storage.enqueue(&[job("crashy", 7)]).await.unwrap();
+
+    // The relay that dies: claims the row, publishes it (confirmed), never marks it.
+    let dying = shape
+        .sql
+        .storage
+        .claim(&q, 10, Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(dying.len(), 1);
+    shape.broker.queue.publish_outbox(&dying).await.unwrap();
+    drop(dying);
+
+    // Its replacement publishes the row again once the lease has expired.
+    let survivor = relay(&shape, &["crashy"], LEASE);
+    eventually(
+        "the row to be published again",
+        Duration::from_secs(10),
+        || async { survivor.relay_once(&q).await.unwrap() == 1 },
+    )
+    .await;
+    assert_eq!(
+        shape.sql.storage.depth(&q).await.unwrap(),
+        Default::default()
+    );
+
+    // The consumer: one event per job id, appended and acked in one unit of work.
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 2 {
+        let mut claimed = eventually_some("both copies", Duration::from_secs(10), || async {
+            let claimed = shape.storage.claim(&q, 10, LEASE).await.unwrap();
+            (!claimed.is_empty()).then_some(claimed)
+        })
+        .await;
+        deliveries.append(&mut claimed);
+    }
+    assert_eq!(deliveries[0].id, deliveries[1].id, "the same job twice");
+    let mut effects = 0;
+    for delivery in &deliveries {
+        let mut unit = shape.storage.begin().await.unwrap();
+        let id = format!("job-{}", delivery.id);
+        if unit.append_event(&event(&id, "jobs")).await.unwrap() {
+            effects += 1;
+        }
+        assert_eq!(unit.ack(&[delivery.receipt()]).await.unwrap(), 1);
+        unit.commit().await.unwrap();
+    }
+    assert_eq!(effects, 1, "the duplicate had no second effect");
+    assert_eq!(shape.storage.read_events(0, 10).await.unwrap().len(), 1);
+    let depth = shape.storage.depth(&q).await.unwrap();
+    assert_eq!(
+        (depth.ready, depth.in_flight),
+        (0, 0),
+        "both deliveries acked"
+    );
+    shape.broker.cleanup(&["crashy"]).await;
+}
+
+/// A unit of work that acks a broker job and is rolled back leaves the job held (and so
+/// redelivered later); one that commits acks it on the broker.
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_in_a_unit_of_work_happen_after_its_commit_only() {
+    let shape = shape().await;
+    let q = queue("acked");
+    shape
+        .broker
+        .queue
+        .enqueue(&[job("acked", 1)])
+        .await
+        .unwrap();
+    let held = shape.storage.claim(&q, 1, LEASE).await.unwrap().remove(0);
+
+    let mut rolled_back = shape.storage.begin().await.unwrap();
+    rolled_back.ack(&[held.receipt()]).await.unwrap();
+    drop(rolled_back);
+    assert_eq!(shape.broker.queue.held(&[held.receipt()]), 1, "still held");
+
+    let mut unit = shape.storage.begin().await.unwrap();
+    unit.append_event(&event("done", "jobs")).await.unwrap();
+    unit.ack(&[held.receipt()]).await.unwrap();
+    unit.commit().await.unwrap();
+    assert_eq!(shape.broker.queue.held(&[held.receipt()]), 0, "acked");
+    assert_eq!(shape.storage.depth(&q).await.unwrap(), Default::default());
+    shape.broker.cleanup(&["acked"]).await;
+}
+
+/// Two relay replicas draining one outbox publish every row exactly once between them
+/// (no crash: `SKIP LOCKED` claims never overlap).
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_replicas_publish_each_row_once() {
+    const JOBS: u64 = 1_000;
+    let shape = shape().await;
+    let q = queue("replicas");
+    let shutdown = CancellationToken::new();
+    let replicas: Vec<_> = (0..2)
+        .map(|_| tokio::spawn(relay(&shape, &["replicas"], LEASE).run(shutdown.clone())))
+        .collect();
+    let jobs: Vec<_> = (0..JOBS).map(|n| job("replicas", n)).collect();
+    for chunk in jobs.chunks(100) {
+        let mut unit = shape.storage.begin().await.unwrap();
+        unit.enqueue(chunk).await.unwrap();
+        unit.commit().await.unwrap();
+    }
+    let mut seen: HashMap<u64, u32> = HashMap::new();
+    let consumer: Arc<dyn JobQueue> = Arc::new(shape.storage.clone());
+    while (seen.len() as u64) < JOBS {
+        let claimed = eventually_some("relayed jobs", Duration::from_secs(20), || async {
+            let claimed = consumer.claim(&q, 100, LEASE).await.unwrap();
+            (!claimed.is_empty()).then_some(claimed)
+        })
+        .await;
+        for held in &claimed {
+            *seen.entry(held.payload["n"].as_u64().unwrap()).or_default() += 1;
+        }
+        let receipts: Vec<_> = claimed.iter().map(|job| job.receipt()).collect();
+        consumer.ack(&receipts).await.unwrap();
+    }
+    assert!(
+        seen.values().all(|&count| count == 1),
+        "no row published twice"
+    );
+    assert!(consumer.claim(&q, 100, LEASE).await.unwrap().is_empty());
+    shutdown.cancel();
+    for replica in replicas {
+        replica.await.unwrap();
+    }
+    assert_eq!(shape.storage.depth(&q).await.unwrap(), Default::default());
+    shape.broker.cleanup(&["replicas"]).await;
+}
