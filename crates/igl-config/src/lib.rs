@@ -27,6 +27,7 @@
 //!   anonymous and legacy document access. **Its default accepts nobody** (every
 //!   authenticated request gets 401).
 //! - `component`: [`Component`], every API and worker of the binary.
+//! - `objects`: the `[objects] type = "s3"` settings ([`S3ObjectSettings`]).
 //! - `secret`: [`SecretString`] and [`redact_url`], so `Debug` of settings is safe to log.
 //! - `error`: [`ConfigError`] and [`ConfigProblem`].
 #![warn(missing_docs)]
@@ -38,6 +39,7 @@ mod error;
 mod hub;
 mod jurisdictions;
 mod load;
+mod objects;
 mod secret;
 mod settings;
 mod validate;
@@ -52,6 +54,7 @@ pub use error::{ConfigError, ConfigProblem};
 pub use hub::HubSettings;
 pub use jurisdictions::JurisdictionSettings;
 pub use load::{ENV_NESTING_SEPARATOR, ENV_PREFIX};
+pub use objects::{S3_DEFAULT_REGION, S3_MAX_DOCUMENT_BYTES, S3ObjectSettings};
 pub use secret::{REDACTED, SecretString, redact_url};
 pub use settings::{
     DatabaseBackend, DatabaseSettings, DocumentSettings, HttpSettings, LogFormat, LogSettings,
