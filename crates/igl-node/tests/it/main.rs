@@ -9,3 +9,4 @@ mod hub;
 mod messages;
 mod network;
 mod reception;
+mod s3;
