@@ -5,4 +5,4 @@
 pub mod network;
 mod node;
 
-pub use node::{Backends, NodeOptions, RunningNode, open_backends, start};
+pub use node::{Backends, NodeOptions, RunningNode, open_backends, s3_options, start};

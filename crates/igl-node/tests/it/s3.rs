@@ -210,3 +210,29 @@ async fn a_missing_bucket_stops_the_start_with_a_clear_error() {
     );
     assert!(!message.contains(&secret), "{message}");
 }
+
+#[test]
+fn configured_credentials_win_over_the_environment() {
+    let environment = vec![
+        ("AWS_ACCESS_KEY_ID".to_owned(), "AKIAENV".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY".to_owned(), "env-secret".to_owned()),
+    ];
+    let mut settings = S3ObjectSettings::new("igl-au");
+    let from_environment = igl_node::s3_options(&settings, environment.clone());
+    assert!(from_environment.credentials.is_none());
+    assert_eq!(from_environment.environment, environment);
+    assert_eq!(from_environment.prefix, "");
+
+    settings.access_key_id = Some("AKIACONF".to_owned());
+    settings.secret_access_key = Some(SecretString::new("conf-secret"));
+    settings.prefix = Some("au".to_owned());
+    let configured = igl_node::s3_options(&settings, environment);
+    let credentials = configured.credentials.expect("configured credentials");
+    assert_eq!(credentials.access_key_id, "AKIACONF");
+    assert_eq!(credentials.secret_access_key, "conf-secret");
+    assert!(
+        configured.environment.is_empty(),
+        "environment kept despite configured credentials"
+    );
+    assert_eq!(configured.prefix, "au");
+}

@@ -264,3 +264,27 @@ async fn s3_lake_debug_hides_the_secret_key() {
         assert!(!debug.contains(&secret), "secret key in {debug}");
     }
 }
+
+#[cfg_attr(
+    igl_skip_s3,
+    ignore = "set IGL_TEST_S3_ENDPOINT (and _BUCKET, _ACCESS_KEY, _SECRET_KEY) to run"
+)]
+#[tokio::test]
+async fn s3_credentials_from_the_aws_environment_variables() {
+    let mut options = backends::s3_options().expect(S3_IGNORED);
+    let credentials = options.credentials.take().expect("test credentials");
+    options.environment = vec![
+        ("AWS_ACCESS_KEY_ID".to_owned(), credentials.access_key_id),
+        (
+            "AWS_SECRET_ACCESS_KEY".to_owned(),
+            credentials.secret_access_key,
+        ),
+        // Not a credential variable: must not replace the configured endpoint.
+        ("AWS_ENDPOINT".to_owned(), "http://127.0.0.1:9".to_owned()),
+    ];
+    let lake = ObjectLake::s3(&options).expect("failed to configure the lake");
+    lake.ping()
+        .await
+        .expect("ping with credentials from the environment failed");
+    suite::put_then_get_round_trips(&lake).await;
+}
