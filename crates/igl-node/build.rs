@@ -1,22 +1,27 @@
-//! Marks the tests that need PostgreSQL or RabbitMQ as ignored (with the reason shown by
-//! the test runner) when `IGL_TEST_POSTGRES_URL` / `IGL_TEST_AMQP_URL` is not set
-//! (`igl_skip_broker_shape` when either is missing); records the compiler version for
-//! benchmark results (`IGL_RUSTC_VERSION`).
+//! Marks the tests of optional backends as ignored (with the reason shown by the test
+//! runner) when their variable is not set, so `cargo test` says what it skipped:
+//! PostgreSQL (`IGL_TEST_POSTGRES_URL`), RabbitMQ (`IGL_TEST_AMQP_URL`), the broker shape
+//! (`igl_skip_broker_shape` when either of those is missing) and S3
+//! (`IGL_TEST_S3_ENDPOINT`); records the compiler version for benchmark results
+//! (`IGL_RUSTC_VERSION`).
 
 fn main() {
     let mut broker_shape = true;
     for (variable, cfg) in [
         ("IGL_TEST_POSTGRES_URL", "igl_skip_postgres"),
         ("IGL_TEST_AMQP_URL", "igl_skip_amqp"),
+        ("IGL_TEST_S3_ENDPOINT", "igl_skip_s3"),
     ] {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
         println!("cargo::rerun-if-env-changed={variable}");
-        if std::env::var_os(variable).is_none_or(|url| url.is_empty()) {
+        if std::env::var_os(variable).is_none_or(|value| value.is_empty()) {
             println!("cargo::rustc-cfg={cfg}");
-            broker_shape = false;
+            if variable != "IGL_TEST_S3_ENDPOINT" {
+                broker_shape = false;
+            }
         }
     }
-    // Tests of the broker shape need both servers.
+    // Tests of the broker shape need both PostgreSQL and RabbitMQ.
     println!("cargo::rustc-check-cfg=cfg(igl_skip_broker_shape)");
     if !broker_shape {
         println!("cargo::rustc-cfg=igl_skip_broker_shape");

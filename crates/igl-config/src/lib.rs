@@ -29,6 +29,7 @@
 //! - `channel_endpoint`: the `[channel_endpoint]` section ([`ChannelEndpointSettings`]) of
 //!   `igl channel`, our shared-db channel endpoint as a process.
 //! - `component`: [`Component`], every API and worker of the binary.
+//! - `objects`: the `[objects] type = "s3"` settings ([`S3ObjectSettings`]).
 //! - `secret`: [`SecretString`] and [`redact_url`], so `Debug` of settings is safe to log.
 //! - `error`: [`ConfigError`] and [`ConfigProblem`].
 #![warn(missing_docs)]
@@ -41,6 +42,7 @@ mod error;
 mod hub;
 mod jurisdictions;
 mod load;
+mod objects;
 mod secret;
 mod settings;
 mod validate;
@@ -56,6 +58,7 @@ pub use error::{ConfigError, ConfigProblem};
 pub use hub::HubSettings;
 pub use jurisdictions::JurisdictionSettings;
 pub use load::{ENV_NESTING_SEPARATOR, ENV_PREFIX};
+pub use objects::{S3_DEFAULT_REGION, S3_MAX_DOCUMENT_BYTES, S3ObjectSettings};
 pub use secret::{REDACTED, SecretString, redact_url};
 pub use settings::{
     AmqpSettings, DatabaseBackend, DatabaseSettings, DocumentSettings, HttpSettings, LogFormat,

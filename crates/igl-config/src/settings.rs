@@ -20,6 +20,7 @@ use crate::channels::ChannelSettings;
 use crate::component::Component;
 use crate::hub::HubSettings;
 use crate::jurisdictions::JurisdictionSettings;
+use crate::objects::S3ObjectSettings;
 use crate::secret::{SecretString, redact_url};
 
 /// The whole configuration of one node process.
@@ -124,6 +125,7 @@ impl Settings {
                 path.clone()
                     .unwrap_or_else(|| self.node.data_dir.join("objects")),
             ),
+            ObjectStoreSettings::S3(_) => None,
         }
     }
 
@@ -264,7 +266,8 @@ impl fmt::Display for DatabaseBackend {
 /// path = "/var/lib/igl/objects"
 /// ```
 ///
-/// New backends (S3-compatible) are added as variants.
+/// or, for Amazon S3 and S3-compatible servers, `type = "s3"` with the keys of
+/// [`S3ObjectSettings`].
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ObjectStoreSettings {
@@ -275,6 +278,8 @@ pub enum ObjectStoreSettings {
         #[serde(default)]
         path: Option<PathBuf>,
     },
+    /// A bucket of Amazon S3 or an S3-compatible server (`type = "s3"`).
+    S3(S3ObjectSettings),
 }
 
 impl Default for ObjectStoreSettings {
@@ -288,6 +293,7 @@ impl ObjectStoreSettings {
     pub const fn kind(&self) -> &'static str {
         match self {
             ObjectStoreSettings::Local { .. } => "local",
+            ObjectStoreSettings::S3(_) => "s3",
         }
     }
 }

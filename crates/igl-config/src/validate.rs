@@ -123,6 +123,9 @@ impl Settings {
                     problems.push("objects.path", "must not be empty");
                 }
             }
+            ObjectStoreSettings::S3(s3) => {
+                problems.0.extend(s3.problems(self.documents.max_bytes));
+            }
         }
     }
 

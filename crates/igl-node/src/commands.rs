@@ -191,6 +191,7 @@ fn render_summary(settings: &Settings, config_file: Option<&Path>) -> String {
                 .expect("local object store has a path")
                 .display()
         ),
+        ObjectStoreSettings::S3(s3) => s3.describe(),
     };
     let components: Vec<&str> = settings
         .enabled_components()

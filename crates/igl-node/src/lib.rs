@@ -7,4 +7,6 @@ pub mod channel;
 pub mod network;
 mod node;
 
-pub use node::{Backends, NodeOptions, Outbox, PIPELINE_QUEUES, RunningNode, open_backends, start};
+pub use node::{
+    Backends, NodeOptions, Outbox, PIPELINE_QUEUES, RunningNode, open_backends, s3_options, start,
+};

@@ -8,7 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use igl_api::auth::{Authenticator, StaticToken};
 use igl_api::{AppContext, EnabledApis};
-use igl_config::{Component, DatabaseBackend, ObjectStoreSettings, QueueBackend, Settings};
+use igl_config::{
+    Component, DatabaseBackend, ObjectStoreSettings, QueueBackend, S3ObjectSettings, Settings,
+};
 use igl_core::channel::Channels;
 use igl_core::ingest::{IngestConfig, MessageIngest};
 use igl_core::pipeline::{
@@ -18,7 +20,7 @@ use igl_core::pipeline::{
 use igl_core::{JobQueue, ObjectStore, QueueName, Storage};
 use igl_domain::Jurisdiction;
 use igl_queue::{AmqpOptions, AmqpQueue, BrokeredStorage, OutboxRelay, RelayConfig};
-use igl_store::objects::ObjectLake;
+use igl_store::objects::{ObjectLake, S3Credentials, S3Options};
 use igl_store::{DatabaseOptions, open_storage};
 use igl_websub::{Deliver, Spread, VerifyIntent};
 use igl_workers::handlers::{
@@ -139,12 +141,50 @@ pub async fn open_backends(settings: &Settings) -> anyhow::Result<Backends> {
                 .with_context(|| format!("cannot open the object store at {}", path.display()))?;
             Arc::new(lake)
         }
+        ObjectStoreSettings::S3(s3) => {
+            let options = s3_options(s3, std::env::vars().collect());
+            let lake = ObjectLake::s3(&options)
+                .with_context(|| format!("cannot set up the object store: {}", s3.describe()))?;
+            Arc::new(lake)
+        }
     };
     Ok(Backends {
         storage,
         objects,
         outbox,
     })
+}
+
+/// The adapter's options for `[objects] type = "s3"`; `environment` (the process
+/// environment) supplies the standard AWS credential variables when the settings have no
+/// `access_key_id`.
+pub fn s3_options(settings: &S3ObjectSettings, environment: Vec<(String, String)>) -> S3Options {
+    let credentials = match (&settings.access_key_id, &settings.secret_access_key) {
+        (Some(access_key_id), Some(secret_access_key)) => Some(S3Credentials {
+            access_key_id: access_key_id.clone(),
+            secret_access_key: secret_access_key.expose_secret().to_owned(),
+            session_token: settings
+                .session_token
+                .as_ref()
+                .map(|token| token.expose_secret().to_owned()),
+        }),
+        // Validation requires both or neither.
+        _ => None,
+    };
+    S3Options {
+        bucket: settings.bucket.clone(),
+        region: settings.region.clone(),
+        endpoint: settings.endpoint.clone(),
+        path_style: settings.path_style,
+        allow_http: settings.allow_http,
+        prefix: settings.prefix.clone().unwrap_or_default(),
+        environment: if credentials.is_some() {
+            Vec::new()
+        } else {
+            environment
+        },
+        credentials,
+    }
 }
 
 /// A started node.

@@ -561,3 +561,87 @@ fn demo_that_times_out_exits_1_and_says_what_it_waited_for() {
         "{stderr}"
     );
 }
+
+/// Every `*.toml` file under `dir` and its subdirectories, sorted.
+fn toml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(dir) = pending.pop() {
+        for entry in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path
+                .extension()
+                .is_some_and(|extension| extension == "toml")
+            {
+                files.push(path);
+            }
+        }
+    }
+    files.sort();
+    files
+}
+
+#[test]
+fn config_check_accepts_every_shipped_config_file() {
+    let repository = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let files: Vec<PathBuf> = ["deploy", "examples"]
+        .iter()
+        .flat_map(|dir| toml_files(&repository.join(dir)))
+        .collect();
+    assert!(
+        files.len() >= 4,
+        "expected the example and deployment configs, found {files:?}"
+    );
+    let sandbox = Sandbox::new();
+    for file in &files {
+        let (code, stdout, stderr) = run(sandbox
+            .igl()
+            .args(["config", "check", "--config"])
+            .arg(file));
+        assert_eq!(
+            code,
+            0,
+            "igl config check rejects {}:\n{stderr}",
+            file.display()
+        );
+        assert!(stdout.starts_with("configuration is valid"), "{stdout}");
+    }
+}
+
+#[test]
+fn config_check_summarises_s3_objects_without_secrets() {
+    let sandbox = Sandbox::new();
+    let config = sandbox.write_config(
+        "[objects]\ntype = \"s3\"\nbucket = \"igl-au\"\nendpoint = \"http://127.0.0.1:9000\"\n\
+         allow_http = true\naccess_key_id = \"AKIATEST\"\nsecret_access_key = \"hunter2-s3\"\n",
+    );
+    let (code, stdout, stderr) = run(sandbox
+        .igl()
+        .args(["config", "check", "--config"])
+        .arg(&config));
+    assert_eq!(code, 0, "stderr: {stderr}");
+    assert!(
+        stdout.contains(
+            "objects:      s3 bucket igl-au at http://127.0.0.1:9000 (region us-east-1, \
+             path-style, credentials from configuration)"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("hunter2-s3"), "{stdout}");
+
+    let (code, _, stderr) = run(sandbox
+        .igl()
+        .args(["config", "check"])
+        .env("IGL_OBJECTS__TYPE", "s3")
+        .env("IGL_OBJECTS__BUCKET", "Bad_Bucket")
+        .env("IGL_OBJECTS__SECRET_ACCESS_KEY", "hunter2-env"));
+    assert_eq!(code, 2, "stderr: {stderr}");
+    assert!(stderr.contains("objects.bucket"), "{stderr}");
+    assert!(
+        stderr.contains("objects.access_key_id: is required when objects.secret_access_key is set"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("hunter2-env"), "{stderr}");
+}

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 
 use igl_core::Storage;
+use igl_store::objects::{ObjectLake, S3Credentials, S3Options};
 use igl_store::{PostgresStore, SqliteStore};
 use tempfile::TempDir;
 
@@ -102,4 +103,57 @@ pub async fn amqp() -> TestBroker {
         .await
         .expect("connect to rabbitmq");
     TestBroker { queue, options }
+}
+
+/// Environment variable naming the S3-compatible server for tests (`http://127.0.0.1:PORT`).
+/// With it set, [`S3_BUCKET_VAR`], [`S3_ACCESS_KEY_VAR`] and [`S3_SECRET_KEY_VAR`] must be
+/// set too; [`S3_REGION_VAR`] is optional (default `us-east-1`).
+pub const S3_ENDPOINT_VAR: &str = "IGL_TEST_S3_ENDPOINT";
+/// Environment variable naming the (existing) bucket the S3 tests use.
+pub const S3_BUCKET_VAR: &str = "IGL_TEST_S3_BUCKET";
+/// Environment variable holding the access key id for [`S3_ENDPOINT_VAR`].
+pub const S3_ACCESS_KEY_VAR: &str = "IGL_TEST_S3_ACCESS_KEY";
+/// Environment variable holding the secret access key for [`S3_ENDPOINT_VAR`].
+pub const S3_SECRET_KEY_VAR: &str = "IGL_TEST_S3_SECRET_KEY";
+/// Environment variable naming the signing region (optional).
+pub const S3_REGION_VAR: &str = "IGL_TEST_S3_REGION";
+
+/// The test S3 server and bucket from the `IGL_TEST_S3_*` variables, with a fresh key
+/// prefix (`t-<uuid>`), so every caller sees an empty store. `None` when
+/// [`S3_ENDPOINT_VAR`] is not set; panics naming the variable when another one is missing.
+pub fn s3_options() -> Option<S3Options> {
+    let endpoint = std::env::var(S3_ENDPOINT_VAR)
+        .ok()
+        .filter(|endpoint| !endpoint.is_empty())?;
+    let required = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|value| !value.is_empty())
+            .unwrap_or_else(|| panic!("{S3_ENDPOINT_VAR} is set, so {name} must be set too"))
+    };
+    Some(S3Options {
+        bucket: required(S3_BUCKET_VAR),
+        region: std::env::var(S3_REGION_VAR)
+            .ok()
+            .filter(|region| !region.is_empty())
+            .unwrap_or_else(|| "us-east-1".to_owned()),
+        allow_http: endpoint.starts_with("http://"),
+        endpoint: Some(endpoint),
+        path_style: true,
+        prefix: format!("t-{}", uuid::Uuid::new_v4().simple()),
+        credentials: Some(S3Credentials {
+            access_key_id: required(S3_ACCESS_KEY_VAR),
+            secret_access_key: required(S3_SECRET_KEY_VAR),
+            session_token: None,
+        }),
+        environment: Vec::new(),
+    })
+}
+
+/// An S3 object lake under a fresh prefix of the test bucket, and its options. Panics when
+/// [`S3_ENDPOINT_VAR`] is not set (tests that call it are ignored in that case).
+pub fn s3_lake() -> (ObjectLake, S3Options) {
+    let options = s3_options().unwrap_or_else(|| panic!("{S3_ENDPOINT_VAR} is not set"));
+    let lake = ObjectLake::s3(&options).expect("failed to configure the s3 object lake");
+    (lake, options)
 }

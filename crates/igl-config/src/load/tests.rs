@@ -303,8 +303,8 @@ fn unknown_keys_are_errors_at_every_level() {
         ]
     );
     assert_eq!(
-        problems(load(Some("[objects]\ntype = \"s3\"\n"), &[])),
-        ["objects.type: unknown value \"s3\" (expected one of: local)"]
+        problems(load(Some("[objects]\ntype = \"s4\"\n"), &[])),
+        ["objects.type: unknown value \"s4\" (expected one of: local, s3)"]
     );
     assert_eq!(
         problems(load(Some("[objects]\npath = \"/x\"\n"), &[])),
@@ -557,5 +557,103 @@ fn the_channel_endpoint_section_loads_from_file_and_environment() {
     assert_eq!(
         problems(Err(error)),
         ["channel_endpoint.medium_schema: is only supported with a postgres URL"]
+    );
+}
+
+#[test]
+fn s3_objects_from_file_and_env() {
+    let settings = load(
+        Some(
+            r#"
+            [objects]
+            type = "s3"
+            bucket = "igl-au"
+            endpoint = "http://127.0.0.1:9000"
+            allow_http = true
+            prefix = "au"
+            access_key_id = "AKIAFILE"
+            secret_access_key = "file-secret-123"
+            "#,
+        ),
+        &[
+            ("IGL_OBJECTS__REGION", "ap-southeast-2"),
+            ("IGL_OBJECTS__PATH_STYLE", "false"),
+        ],
+    )
+    .unwrap();
+    let ObjectStoreSettings::S3(s3) = &settings.objects else {
+        panic!("expected s3 objects, got {:?}", settings.objects);
+    };
+    assert_eq!(s3.bucket, "igl-au");
+    assert_eq!(s3.region, "ap-southeast-2");
+    assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:9000"));
+    assert!(s3.allow_http);
+    assert!(!s3.path_style);
+    assert_eq!(s3.prefix.as_deref(), Some("au"));
+    assert_eq!(s3.access_key_id.as_deref(), Some("AKIAFILE"));
+    assert_eq!(
+        s3.secret_access_key.as_ref().map(|s| s.expose_secret()),
+        Some("file-secret-123")
+    );
+    assert_eq!(settings.local_objects_path(), None);
+    assert!(!format!("{settings:?}").contains("file-secret-123"));
+
+    let from_env = load(
+        None,
+        &[
+            ("IGL_OBJECTS__TYPE", "s3"),
+            ("IGL_OBJECTS__BUCKET", "igl-sg"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        from_env.objects,
+        ObjectStoreSettings::S3(crate::S3ObjectSettings::new("igl-sg"))
+    );
+}
+
+#[test]
+fn s3_objects_problems_name_their_keys() {
+    assert_eq!(
+        problems(load(
+            None,
+            &[
+                ("IGL_OBJECTS__TYPE", "s3"),
+                ("IGL_OBJECTS__BUCKET", "igl-au"),
+                ("IGL_OBJECTS__ALLOW_HTTP", "maybe"),
+            ]
+        )),
+        ["objects: invalid value \"maybe\", expected a boolean (true or false)"]
+    );
+    assert_eq!(
+        problems(load(Some("[objects]\ntype = \"s3\"\n"), &[])),
+        ["objects.bucket: is required"]
+    );
+    assert_eq!(
+        problems(load(
+            Some("[objects]\ntype = \"s3\"\nbucket = \"b\"\npath = \"/x\"\n"),
+            &[]
+        )),
+        [
+            "objects.path: unknown field \"path\" (expected one of: bucket, region, endpoint, \
+          path_style, allow_http, prefix, access_key_id, secret_access_key, session_token)"
+        ]
+    );
+    assert_eq!(
+        problems(load(
+            Some(
+                "[objects]\ntype = \"s3\"\nbucket = \"Igl_AU\"\nendpoint = \"http://s3:9000\"\n\
+                 [documents]\nmax_bytes = 6000000000\n"
+            ),
+            &[]
+        )),
+        [
+            "objects.bucket: \"Igl_AU\" is not a valid S3 bucket name (3-63 lower-case letters, \
+             digits, dots and hyphens, starting and ending with a letter or digit)",
+            "objects.endpoint: is a plain http URL but objects.allow_http is false (set it to \
+             true for an S3 server on a trusted network)",
+            "documents.max_bytes: 6000000000 is larger than 5368709120 (5 GiB), the largest \
+             document the s3 object store accepts",
+        ]
     );
 }

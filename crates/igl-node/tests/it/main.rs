@@ -10,4 +10,5 @@ mod hub;
 mod messages;
 mod network;
 mod reception;
+mod s3;
 mod websub_conformance;

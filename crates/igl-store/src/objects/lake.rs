@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
+use super::s3::S3Options;
+
 /// How long an unfinished upload may stay idle before [`ObjectLake::purge_stale_uploads`]
 /// (run by [`ObjectLake::local`] on start-up) treats it as left over by a crash.
 pub const STALE_UPLOAD_AGE: Duration = Duration::from_secs(60 * 60);
@@ -26,6 +28,8 @@ pub const STALE_UPLOAD_AGE: Duration = Duration::from_secs(60 * 60);
 const DEFAULT_PART_SIZE: usize = 5 * 1024 * 1024;
 /// Parts in flight of the generic constructor (bounds memory to about two parts).
 const DEFAULT_PARTS_IN_FLIGHT: usize = 1;
+/// Parts in flight on S3 (overlaps hashing and receiving with one part's upload).
+const S3_PARTS_IN_FLIGHT: usize = 2;
 /// Part size on the local filesystem, which has no minimum.
 const LOCAL_PART_SIZE: usize = 1024 * 1024;
 /// Parts in flight on the local filesystem (lets hashing overlap with writing).
@@ -43,20 +47,32 @@ const META: &str = "meta";
 const UPLOADS: &str = "uploads";
 
 /// Content-addressed document storage on any `object_store` backend (local filesystem,
-/// memory, S3-compatible services).
+/// memory, Amazon S3 and S3-compatible servers).
 ///
 /// # Layout under the key prefix
 ///
-/// - `uploads/<uuid>`: a document being received. [`ObjectStore::put`] streams the body
-///   into a multipart upload here, hashing and counting bytes as they pass, with at most
-///   `part_size × (parts_in_flight + 1)` bytes in memory (3 MiB on the local filesystem,
-///   10 MiB with the S3-sized defaults of [`ObjectLake::new`]). When the body errors, grows
-///   past the limit or hashes to something other than the expected multihash, the upload is
-///   aborted and nothing else is written.
+/// - `objects/<multihash>`: the document.
 /// - `meta/<multihash>.json`: `{"content_type": …, "size": …}`, written **before** the
 ///   document becomes visible, so a visible document always has its metadata.
-/// - `objects/<multihash>`: the document, made visible by renaming the finished upload (an
-///   atomic `rename(2)` on the local filesystem; copy then delete on S3).
+/// - `uploads/<uuid>`: a large document being received.
+///
+/// # How a put proceeds
+///
+/// [`ObjectStore::put`] reads the body while hashing and counting it, and fails with
+/// `TooLarge` as soon as it passes the limit, with `Body` when the body fails, and with
+/// `HashMismatch` when it hashes to something other than the expected multihash — in every
+/// case leaving nothing visible.
+///
+/// - A body smaller than one upload part (1 MiB on the local filesystem, 5 MiB on S3) is
+///   held in memory, so its multihash is known before anything is written: the sidecar is
+///   written, then the document with one put under its final key (a `PutObject` on S3,
+///   atomic there; a staging file renamed into place on the local filesystem).
+/// - A larger body streams into a multipart upload under `uploads/<uuid>`, with at most
+///   `part_size × (parts_in_flight + 1)` bytes in memory (3 MiB on the local filesystem,
+///   15 MiB on S3). Once complete and verified, the sidecar is written and the upload is
+///   moved to `objects/<multihash>`: an atomic `rename(2)` on the local filesystem, a
+///   server-side `CopyObject` (atomic for the destination) then a delete of the upload on
+///   S3 — which is why an S3 lake accepts documents up to 5 GiB, the largest single copy.
 ///
 /// # Why a sidecar for the content type
 ///
@@ -64,22 +80,22 @@ const UPLOADS: &str = "uploads";
 /// attribute support differs between S3-compatible services and is not guaranteed to
 /// survive a copy; a small JSON object next to the document works on every backend, is
 /// written atomically, and keeps the size with it for operators. A crash between the
-/// sidecar and the rename leaves an orphan sidecar, which is harmless (readers look for the
-/// document first) and is overwritten by the next put of the same bytes. Concurrent puts of
-/// the same bytes with different content types: the last sidecar written wins.
+/// sidecar and the document leaves an orphan sidecar, which is harmless (readers look for
+/// the document first) and is overwritten by the next put of the same bytes. Concurrent
+/// puts of the same bytes with different content types: the last sidecar written wins.
 ///
 /// # Idempotence and concurrency
 ///
 /// Documents are named by their content, so two puts of the same bytes write the same
-/// object; when it already exists the new upload is simply deleted. Concurrent puts both
-/// succeed: each has its own upload key and the final rename overwrites identical bytes.
+/// object; when it already exists the new bytes are not written (a finished upload is
+/// deleted). Concurrent puts both succeed: each writes identical bytes to the same key.
 ///
 /// # Crashes
 ///
 /// An upload left behind by a crash (or a cancelled put) stays under `uploads/` and is
 /// deleted by [`ObjectLake::purge_stale_uploads`] once idle for long enough. On S3, parts
 /// of an unfinished multipart upload are invisible to listing: configure the bucket's
-/// `AbortIncompleteMultipartUpload` lifecycle rule for them.
+/// `AbortIncompleteMultipartUpload` lifecycle rule for them (see `docs/deployment.md`).
 #[derive(Debug, Clone)]
 pub struct ObjectLake {
     backend: Arc<dyn object_store::ObjectStore>,
@@ -141,6 +157,27 @@ impl ObjectLake {
         Ok(lake)
     }
 
+    /// An object lake in a bucket of Amazon S3 or an S3-compatible server, every key under
+    /// `options.prefix`.
+    ///
+    /// Uploads use 5 MiB parts (the S3 minimum) with two in flight, so a put holds at most
+    /// 15 MiB; documents smaller than one part are stored with a single `PutObject`. No
+    /// request is made here (call [`ObjectStore::ping`] to check the bucket); a purge of
+    /// uploads idle for [`STALE_UPLOAD_AGE`] is spawned on the current Tokio runtime, if
+    /// there is one.
+    ///
+    /// # Errors
+    ///
+    /// `Backend` when the options are not usable (an invalid endpoint or prefix).
+    pub fn s3(options: &S3Options) -> Result<Self, ObjectStoreError> {
+        let backend =
+            super::s3::build_backend(options).map_err(backend_error("invalid s3 settings"))?;
+        let lake = Self::new(Arc::new(backend), &options.prefix)?
+            .with_upload_parts(DEFAULT_PART_SIZE, S3_PARTS_IN_FLIGHT);
+        lake.spawn_purge_of_stale_uploads();
+        Ok(lake)
+    }
+
     /// A volatile object lake in memory, for tests and `--dev` runs.
     pub fn in_memory() -> Self {
         Self {
@@ -194,6 +231,8 @@ impl ObjectLake {
         }
         if let Some(root) = &self.local_root {
             purged += purge_local_staging_files(root.join(UPLOADS), cutoff).await?;
+            // A put of a small document writes `objects/<multihash>#<n>` and renames it.
+            purged += purge_local_staging_files(root.join(OBJECTS), cutoff).await?;
         }
         if purged > 0 {
             info!(
@@ -241,14 +280,16 @@ impl ObjectLake {
         self.prefix.clone().join(UPLOADS)
     }
 
-    /// Streams `body` into the upload at `upload_key`, returning its size and multihash.
-    /// On any error the upload is aborted before returning.
+    /// Streams the rest of a large body into a multipart upload at `upload_key`: first the
+    /// chunks `first` already read, then what `incoming` still yields. Returns its size and
+    /// multihash; on any error (including a hash mismatch) the upload is aborted before
+    /// returning.
     async fn receive(
         &self,
         upload_key: &KeyPath,
-        mut body: ByteStream,
+        first: Vec<Bytes>,
+        mut incoming: Incoming,
         expected: Option<&Multihash>,
-        max_bytes: u64,
     ) -> Result<(u64, Multihash), ObjectStoreError> {
         let upload = self
             .backend
@@ -256,32 +297,22 @@ impl ObjectLake {
             .await
             .map_err(backend_error("failed to start upload"))?;
         let mut writer = WriteMultipart::new_with_chunk_size(upload, self.part_size);
-        let mut hasher = MultihashHasher::new();
+        for chunk in first {
+            writer.put(chunk);
+        }
         let streamed = loop {
-            let chunk = match body.next().await {
-                None => break Ok(()),
-                Some(Err(source)) => break Err(ObjectStoreError::Body(source)),
-                Some(Ok(chunk)) => chunk,
+            let chunk = match incoming.next_chunk().await {
+                Ok(None) => break Ok(()),
+                Err(error) => break Err(error),
+                Ok(Some(chunk)) => chunk,
             };
-            let size_with_chunk = hasher.bytes_seen().saturating_add(chunk.len() as u64);
-            if size_with_chunk > max_bytes {
-                break Err(ObjectStoreError::TooLarge { limit: max_bytes });
-            }
             if let Err(source) = writer.wait_for_capacity(self.parts_in_flight).await {
                 break Err(backend_error("failed to write upload part")(source));
             }
-            hasher.update(&chunk);
             writer.put(chunk);
         };
-        let size = hasher.bytes_seen();
-        let multihash = hasher.finish();
-        let checked = streamed.and_then(|()| match expected {
-            Some(expected) if *expected != multihash => Err(ObjectStoreError::HashMismatch {
-                expected: *expected,
-                actual: multihash,
-            }),
-            _ => Ok(()),
-        });
+        let (size, multihash) = incoming.finish();
+        let checked = streamed.and_then(|()| check_expected(expected, multihash));
         if let Err(error) = checked {
             debug!(upload = %upload_key, error = %error, "aborting upload");
             if let Err(abort_error) = writer.abort().await {
@@ -296,6 +327,52 @@ impl ObjectLake {
         Ok((size, multihash))
     }
 
+    /// Stores a body that fit in memory (less than one part) straight under its content
+    /// address with one put: the sidecar first, then the document. Returns the stored info
+    /// (with the content type of the existing sidecar when the document was already there).
+    async fn put_whole(
+        &self,
+        chunks: Vec<Bytes>,
+        info: ObjectInfo,
+    ) -> Result<ObjectInfo, ObjectStoreError> {
+        if let Some(stored) = self.already_stored(&info).await? {
+            debug!(multihash = %stored.multihash, size = stored.size, "document already stored");
+            return Ok(stored);
+        }
+        self.write_sidecar(&info).await?;
+        self.backend
+            .put(
+                &self.object_key(&info.multihash),
+                PutPayload::from_iter(chunks),
+            )
+            .await
+            .map_err(backend_error("failed to write document"))?;
+        debug!(multihash = %info.multihash, size = info.size, "stored document");
+        Ok(info)
+    }
+
+    /// `info` with the stored content type when its document exists already, else `None`.
+    async fn already_stored(
+        &self,
+        info: &ObjectInfo,
+    ) -> Result<Option<ObjectInfo>, ObjectStoreError> {
+        if self
+            .object_meta(&self.object_key(&info.multihash))
+            .await?
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let content_type = match self.read_sidecar(&info.multihash).await? {
+            Some(sidecar) => sidecar.content_type,
+            None => info.content_type.clone(),
+        };
+        Ok(Some(ObjectInfo {
+            content_type,
+            ..info.clone()
+        }))
+    }
+
     /// Makes the finished upload visible as `info.multihash`, or notices that it already
     /// is. Returns the stored info and whether the upload was moved.
     async fn publish(
@@ -304,15 +381,7 @@ impl ObjectLake {
         info: ObjectInfo,
     ) -> Result<(ObjectInfo, Publication), ObjectStoreError> {
         let object_key = self.object_key(&info.multihash);
-        if self.object_meta(&object_key).await?.is_some() {
-            let content_type = match self.read_sidecar(&info.multihash).await? {
-                Some(sidecar) => sidecar.content_type,
-                None => info.content_type,
-            };
-            let stored = ObjectInfo {
-                content_type,
-                ..info
-            };
+        if let Some(stored) = self.already_stored(&info).await? {
             return Ok((stored, Publication::AlreadyStored));
         }
         self.write_sidecar(&info).await?;
@@ -392,8 +461,20 @@ impl ObjectStore for ObjectLake {
         expected: Option<&Multihash>,
         max_bytes: u64,
     ) -> Result<ObjectInfo, ObjectStoreError> {
+        let mut incoming = Incoming::new(body, max_bytes);
+        let first = incoming.read_up_to(self.part_size).await?;
+        if incoming.ended {
+            let (size, multihash) = incoming.finish();
+            check_expected(expected, multihash)?;
+            let info = ObjectInfo {
+                multihash,
+                size,
+                content_type: content_type.to_owned(),
+            };
+            return self.put_whole(first, info).await;
+        }
         let upload_key = self.uploads_prefix().join(Uuid::new_v4().to_string());
-        let (size, multihash) = self.receive(&upload_key, body, expected, max_bytes).await?;
+        let (size, multihash) = self.receive(&upload_key, first, incoming, expected).await?;
         // From here the finished upload exists; the guard deletes it unless it was moved,
         // also when this future is dropped half-way.
         let guard = UploadGuard {
@@ -492,6 +573,84 @@ impl ObjectStore for ObjectLake {
             .await
             .map_err(backend_error("object store does not answer"))?;
         Ok(())
+    }
+}
+
+/// A document body being read: hashed and counted as it passes, cut off past the limit.
+struct Incoming {
+    body: ByteStream,
+    hasher: MultihashHasher,
+    max_bytes: u64,
+    /// The body has ended (no more chunks).
+    ended: bool,
+}
+
+impl Incoming {
+    fn new(body: ByteStream, max_bytes: u64) -> Self {
+        Self {
+            body,
+            hasher: MultihashHasher::new(),
+            max_bytes,
+            ended: false,
+        }
+    }
+
+    /// The next chunk, hashed; `None` at the end. Fails with `Body` when the body fails and
+    /// with `TooLarge` as soon as the bytes seen would pass the limit.
+    async fn next_chunk(&mut self) -> Result<Option<Bytes>, ObjectStoreError> {
+        if self.ended {
+            return Ok(None);
+        }
+        match self.body.next().await {
+            None => {
+                self.ended = true;
+                Ok(None)
+            }
+            Some(Err(source)) => Err(ObjectStoreError::Body(source)),
+            Some(Ok(chunk)) => {
+                let size_with_chunk = self.hasher.bytes_seen().saturating_add(chunk.len() as u64);
+                if size_with_chunk > self.max_bytes {
+                    return Err(ObjectStoreError::TooLarge {
+                        limit: self.max_bytes,
+                    });
+                }
+                self.hasher.update(&chunk);
+                Ok(Some(chunk))
+            }
+        }
+    }
+
+    /// Reads chunks until at least `bytes` bytes are buffered or the body ends (see
+    /// [`Incoming::ended`]); memory stays below `bytes` plus one chunk.
+    async fn read_up_to(&mut self, bytes: usize) -> Result<Vec<Bytes>, ObjectStoreError> {
+        let mut chunks = Vec::new();
+        let mut buffered = 0usize;
+        while buffered < bytes {
+            match self.next_chunk().await? {
+                Some(chunk) => {
+                    buffered += chunk.len();
+                    chunks.push(chunk);
+                }
+                None => break,
+            }
+        }
+        Ok(chunks)
+    }
+
+    /// The size and multihash of the bytes seen.
+    fn finish(self) -> (u64, Multihash) {
+        (self.hasher.bytes_seen(), self.hasher.finish())
+    }
+}
+
+/// `HashMismatch` unless `actual` is the expected multihash (or none was expected).
+fn check_expected(expected: Option<&Multihash>, actual: Multihash) -> Result<(), ObjectStoreError> {
+    match expected {
+        Some(expected) if *expected != actual => Err(ObjectStoreError::HashMismatch {
+            expected: *expected,
+            actual,
+        }),
+        _ => Ok(()),
     }
 }
 

@@ -45,17 +45,19 @@ const ENDLESS_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `$make` is called once per test and must return a future of
 /// `(Arc<dyn ObjectStore>, guard)`: a fresh, empty store and whatever must live as long as
 /// the test (a `tempfile::TempDir`, a container, or `()`). It is resolved from the module
-/// that invokes the macro. The invoking crate needs `tokio` with the `macros` and
+/// that invokes the macro. Attributes after it are put on every test, e.g.
+/// `#[cfg_attr(igl_skip_s3, ignore = "set IGL_TEST_S3_ENDPOINT to run")]` for a backend
+/// that is not always available. The invoking crate needs `tokio` with the `macros` and
 /// `rt-multi-thread` features.
 #[macro_export]
 macro_rules! object_store_conformance {
-    ($suite:ident, $make:expr) => {
+    ($suite:ident, $make:expr $(, #[$attr:meta])* $(,)?) => {
         mod $suite {
             #[allow(unused_imports)]
             use super::*;
 
             $crate::object_store_conformance!(
-                @cases $make;
+                @cases [$(#[$attr])*] $make;
                 put_then_get_round_trips,
                 multihash_is_sha256_of_the_bytes,
                 put_with_expected_hash_succeeds,
@@ -65,7 +67,9 @@ macro_rules! object_store_conformance {
                 put_exactly_at_the_limit_succeeds,
                 endless_body_is_cut_off_at_the_limit,
                 failing_body_stores_nothing,
+                failing_large_body_stores_nothing,
                 put_of_same_bytes_is_idempotent,
+                put_of_same_large_bytes_is_idempotent,
                 empty_document_round_trips,
                 large_multi_chunk_document_streams_back,
                 absent_document_is_none,
@@ -74,15 +78,18 @@ macro_rules! object_store_conformance {
             );
         }
     };
-    (@cases $make:expr; $($case:ident),+ $(,)?) => {
+    (@cases $attrs:tt $make:expr; $($case:ident),+ $(,)?) => {
         $(
-            #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-            async fn $case() {
-                let (store, _guard) = ($make)().await;
-                $crate::conformance::objects::$case(::std::convert::AsRef::as_ref(&store))
-                    .await;
-            }
+            $crate::object_store_conformance!(@case $attrs $make; $case);
         )+
+    };
+    (@case [$(#[$attr:meta])*] $make:expr; $case:ident) => {
+        $(#[$attr])*
+        #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+        async fn $case() {
+            let (store, _guard) = ($make)().await;
+            $crate::conformance::objects::$case(::std::convert::AsRef::as_ref(&store)).await;
+        }
     };
 }
 
@@ -240,6 +247,33 @@ pub async fn failing_body_stores_nothing(store: &dyn ObjectStore) {
     assert_absent(store, &Multihash::of(&received)).await;
 }
 
+/// A large body (several upload parts) that fails after its first megabytes fails the put
+/// with `Body` and stores nothing.
+pub async fn failing_large_body_stores_nothing(store: &dyn ObjectStore) {
+    let mut sent = MultihashHasher::new();
+    let chunks: Vec<Result<Bytes, io::Error>> = (0..12u8)
+        .map(|index| {
+            let chunk = Bytes::from(vec![index; 1024 * 1024]);
+            sent.update(&chunk);
+            Ok(chunk)
+        })
+        .chain([Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "upload cut short",
+        ))])
+        .collect();
+    let result = store
+        .put(stream::iter(chunks).boxed(), PDF, None, NO_LIMIT)
+        .await;
+    match result {
+        Err(ObjectStoreError::Body(error)) => {
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof);
+        }
+        other => panic!("expected Body, got {other:?}"),
+    }
+    assert_absent(store, &sent.finish()).await;
+}
+
 /// Putting the same bytes again succeeds with the same multihash and size and leaves one
 /// readable document, whatever content type the second put declares.
 pub async fn put_of_same_bytes_is_idempotent(store: &dyn ObjectStore) {
@@ -256,6 +290,31 @@ pub async fn put_of_same_bytes_is_idempotent(store: &dyn ObjectStore) {
 
     let (_, stored) = get_bytes(store, &first.multihash).await;
     assert_eq!(stored, document);
+}
+
+/// Putting the same large document (several upload parts) twice succeeds both times with
+/// the same info, keeps the first content type, and leaves one readable document.
+pub async fn put_of_same_large_bytes_is_idempotent(store: &dyn ObjectStore) {
+    let document: Vec<u8> = (0..11 * 1024 * 1024 + 3)
+        .map(|index: u32| (index.wrapping_mul(31) % 253) as u8)
+        .collect();
+    let first = store
+        .put(chunked_body(&document, 256 * 1024), PDF, None, NO_LIMIT)
+        .await
+        .expect("first put of a large document failed");
+    let second = store
+        .put(
+            chunked_body(&document, 1024 * 1024),
+            "application/octet-stream",
+            Some(&first.multihash),
+            NO_LIMIT,
+        )
+        .await
+        .expect("second put of a large document failed");
+    assert_eq!(second, first, "a second put returned different info");
+    let (info, stored) = get_bytes(store, &first.multihash).await;
+    assert_eq!(info, first);
+    assert!(stored == document, "stored bytes differ");
 }
 
 /// An empty document is a valid document.
