@@ -8,7 +8,8 @@
 //!
 //! - a member gets the writer connection for itself (callers queue in FIFO order, as they
 //!   did for the one-connection pool before) and works inside its own `SAVEPOINT` of the
-//!   group's `BEGIN IMMEDIATE` transaction, seeing the effects of the members before it;
+//!   group's `BEGIN IMMEDIATE` transaction (the first member, alone in it, needs none),
+//!   seeing the effects of the members before it;
 //! - [`WriteTx::commit`] releases the savepoint and waits: the group's transaction commits
 //!   when no other caller is queued for the writer, or when the group is
 //!   [`MAX_MEMBERS`] large or [`MAX_AGE`] old. Only then does every member's `commit`
@@ -74,8 +75,19 @@ struct State {
     opened_at: Instant,
     /// Members whose savepoints were released, waiting for the group's commit.
     members: Vec<oneshot::Sender<MemberResult>>,
-    /// A member left without finishing: its savepoint must be rolled back first.
-    dirty: bool,
+    /// What a member that left without finishing left to undo, before anyone else writes.
+    dirty: Undo,
+}
+
+/// How the writes of a member are undone when it ends without committing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Undo {
+    /// Nothing to undo: a single statement is atomic by itself (or nothing was written).
+    Nothing,
+    /// Roll back to the member's savepoint.
+    Savepoint,
+    /// Roll back the group's transaction, which holds only this member.
+    Transaction,
 }
 
 /// Decrements the queued count when its owner stops waiting, whether it got the writer or
@@ -97,7 +109,7 @@ impl GroupWriter {
                 open: false,
                 opened_at: Instant::now(),
                 members: Vec::new(),
-                dirty: false,
+                dirty: Undo::Nothing,
             })),
             queued: Arc::new(AtomicUsize::new(0)),
         }
@@ -126,7 +138,7 @@ impl GroupWriter {
     async fn start(&self, savepoint: bool) -> Result<WriteTx, StoreError> {
         let mut state = self.lock().await;
         state.settle().await;
-        if !state.open {
+        let undo = if !state.open {
             state
                 .conn
                 .execute("BEGIN IMMEDIATE")
@@ -134,16 +146,27 @@ impl GroupWriter {
                 .map_err(store_error)?;
             state.open = true;
             state.opened_at = Instant::now();
-        }
-        if savepoint && let Err(error) = state.conn.execute("SAVEPOINT member").await {
-            let error = Arc::new(store_error(error));
-            state.fail_group(&error).await;
-            return Err(share(&error));
-        }
+            // The first member of a group is alone in the transaction: undoing it is
+            // rolling the transaction back, so it needs no savepoint of its own.
+            if savepoint {
+                Undo::Transaction
+            } else {
+                Undo::Nothing
+            }
+        } else if savepoint {
+            if let Err(error) = state.conn.execute("SAVEPOINT member").await {
+                let error = Arc::new(store_error(error));
+                state.fail_group(&error).await;
+                return Err(share(&error));
+            }
+            Undo::Savepoint
+        } else {
+            Undo::Nothing
+        };
         Ok(WriteTx {
             state: Some(state),
             writer: self.clone(),
-            savepoint,
+            undo,
         })
     }
 
@@ -157,19 +180,25 @@ impl GroupWriter {
 }
 
 impl State {
-    /// Rolls back the savepoint of a member that left without finishing.
+    /// Undoes the writes of a member that left without finishing.
     async fn settle(&mut self) {
-        if !self.dirty {
-            return;
-        }
-        self.dirty = false;
-        let rolled_back = match self.conn.execute("ROLLBACK TO member").await {
-            Ok(_) => self.conn.execute("RELEASE member").await,
-            Err(error) => Err(error),
-        };
-        if let Err(error) = rolled_back {
-            let error = Arc::new(store_error(error));
-            self.fail_group(&error).await;
+        match std::mem::replace(&mut self.dirty, Undo::Nothing) {
+            Undo::Nothing => {}
+            Undo::Savepoint => {
+                let rolled_back = match self.conn.execute("ROLLBACK TO member").await {
+                    Ok(_) => self.conn.execute("RELEASE member").await,
+                    Err(error) => Err(error),
+                };
+                if let Err(error) = rolled_back {
+                    let error = Arc::new(store_error(error));
+                    self.fail_group(&error).await;
+                }
+            }
+            Undo::Transaction => {
+                // The member was alone in the group: nobody else has anything to lose.
+                let _ = self.conn.execute("ROLLBACK").await;
+                self.open = false;
+            }
         }
     }
 
@@ -200,7 +229,7 @@ impl State {
         // After some errors SQLite has already rolled back; then there is nothing to undo.
         let _ = self.conn.execute("ROLLBACK").await;
         self.open = false;
-        self.dirty = false;
+        self.dirty = Undo::Nothing;
         for member in self.members.drain(..) {
             let _ = member.send(Err(Arc::clone(error)));
         }
@@ -234,8 +263,8 @@ fn share(error: &Arc<StoreError>) -> StoreError {
 pub(crate) struct WriteTx {
     state: Option<OwnedMutexGuard<State>>,
     writer: GroupWriter,
-    /// Whether the member runs in its own savepoint (see [`GroupWriter::begin_statement`]).
-    savepoint: bool,
+    /// How to undo this member's writes if it ends without committing.
+    undo: Undo,
 }
 
 impl fmt::Debug for WriteTx {
@@ -256,7 +285,7 @@ impl WriteTx {
     /// committed).
     pub(crate) async fn commit(mut self) -> Result<(), StoreError> {
         let mut state = self.state.take().expect("a write transaction commits once");
-        if self.savepoint
+        if self.undo == Undo::Savepoint
             && let Err(error) = state.conn.execute("RELEASE member").await
         {
             let error = Arc::new(store_error(error));
@@ -308,7 +337,7 @@ impl Drop for WriteTx {
         // Left without commit: roll the savepoint back before anyone else writes. Async
         // work cannot run here, so a task does it while still holding the writer; without
         // a runtime the next holder does it.
-        state.dirty = self.savepoint;
+        state.dirty = self.undo;
         let queued = Arc::clone(&self.writer.queued);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
