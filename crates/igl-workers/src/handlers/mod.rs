@@ -48,6 +48,17 @@ mod batch {
         ) -> impl Future<Output = Result<(), JobError>> + Send;
     }
 
+    /// [`prepare_then_write`] for one job (a batched handler's `handle`).
+    pub(crate) async fn prepare_then_write_one<S: BatchSteps>(
+        steps: &S,
+        job: &ClaimedJob,
+    ) -> Result<Handled, JobError> {
+        prepare_then_write(steps, std::slice::from_ref(job))
+            .await
+            .pop()
+            .unwrap_or_else(|| unreachable!("one result per job"))
+    }
+
     /// Runs a batched handler: `prepare` every job concurrently, then `write` all prepared
     /// jobs in one unit of work. When that fails for several jobs, each is written on its
     /// own, so one bad job cannot hold the others back (and a storage outage fails each).

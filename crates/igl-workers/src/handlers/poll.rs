@@ -42,7 +42,7 @@ use igl_core::{ClaimedJob, Storage};
 use igl_domain::{ChannelStatus, Message, MessageRef, MessageStatus, MessageUpdate};
 use metrics::counter;
 
-use super::batch::{BatchSteps, Prepared, prepare_then_write};
+use super::batch::{BatchSteps, Prepared, prepare_then_write, prepare_then_write_one};
 use super::route::{job_reference, rejecting};
 use crate::handler::error_chain;
 use crate::{Handled, JobError, JobHandler, RetryPolicy};
@@ -170,10 +170,7 @@ impl JobHandler for PollChannel {
     }
 
     async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError> {
-        prepare_then_write(self, std::slice::from_ref(job))
-            .await
-            .pop()
-            .unwrap_or_else(|| unreachable!("one result per job"))
+        prepare_then_write_one(self, job).await
     }
 
     fn batched(&self) -> bool {

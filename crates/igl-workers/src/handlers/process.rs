@@ -11,7 +11,7 @@ use igl_core::pipeline::{MessageJob, PipelineJob, stored_message_events};
 use igl_core::{ClaimedJob, NewJob, Storage};
 use igl_domain::{Jurisdiction, Message, MessageRef, MessageStatus, Multihash};
 
-use super::batch::{BatchSteps, Prepared, prepare_then_write};
+use super::batch::{BatchSteps, Prepared, prepare_then_write, prepare_then_write_one};
 use crate::{Handled, JobError, JobHandler};
 
 /// Handles `process.v1` jobs.
@@ -133,9 +133,7 @@ impl JobHandler for ProcessMessage {
     }
 
     async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError> {
-        let plan = self.plan(job).await?;
-        self.apply(&[(job, plan)]).await?;
-        Ok(Handled::AckedInTransaction)
+        prepare_then_write_one(self, job).await
     }
 
     fn batched(&self) -> bool {

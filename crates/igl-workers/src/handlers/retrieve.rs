@@ -37,7 +37,7 @@ use igl_core::pipeline::PipelineJob;
 use igl_core::{ClaimedJob, InsertOutcome, Storage, StoreError};
 use igl_domain::{Jurisdiction, MessageFields, MessageStatus, Multihash, NewMessage, SenderRef};
 
-use super::batch::{BatchSteps, Prepared, prepare_then_write};
+use super::batch::{BatchSteps, Prepared, prepare_then_write, prepare_then_write_one};
 use crate::{Handled, JobError, JobHandler, RetryPolicy};
 
 /// The `sender_ref` of a channel message that carries none: `<channel_id>.<message_id>`,
@@ -178,10 +178,7 @@ impl JobHandler for RetrieveChannelMessage {
     }
 
     async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError> {
-        prepare_then_write(self, std::slice::from_ref(job))
-            .await
-            .pop()
-            .unwrap_or_else(|| unreachable!("one result per job"))
+        prepare_then_write_one(self, job).await
     }
 
     fn batched(&self) -> bool {
