@@ -66,6 +66,9 @@ pub enum BenchCommand {
     Ingest(crate::bench::IngestBenchArgs),
     /// AU POST → SG stored through two in-process nodes and a shared-db channel.
     E2e(crate::bench::E2eBenchArgs),
+    /// The e2e benchmark on the multi-process scale-out shape (PostgreSQL + RabbitMQ + S3),
+    /// optionally as a replica curve of one process group.
+    Cluster(crate::bench::ClusterBenchArgs),
     /// Signed WebSub deliveries per second to many local subscribers.
     Fanout(crate::bench::FanoutBenchArgs),
     /// Document API upload/download MB/s for small and large documents, with peak RSS.

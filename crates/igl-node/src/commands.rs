@@ -138,6 +138,7 @@ pub fn execute(cli: Cli, env: ProcessEnv) -> Result<(), CommandError> {
                     BenchCommand::Queue(args) => bench::run_queue_bench(args).await,
                     BenchCommand::Ingest(args) => bench::run_ingest_bench(args).await,
                     BenchCommand::E2e(args) => bench::run_e2e_bench(args).await,
+                    BenchCommand::Cluster(args) => bench::run_cluster_bench(args).await,
                     BenchCommand::Fanout(args) => bench::run_fanout_bench(args).await,
                     BenchCommand::Documents(args) => bench::run_documents_bench(args).await,
                 }

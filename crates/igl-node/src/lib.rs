@@ -4,6 +4,7 @@
 //! processes through [`channel::start_channel`].
 
 pub mod channel;
+pub mod cluster;
 pub mod network;
 mod node;
 

@@ -38,7 +38,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Every queue of the pipeline: the queues the node's workers consume, and so the queues
 /// the outbox relay publishes and the broker topology covers.
-pub const PIPELINE_QUEUES: [QueueName; 8] = [
+pub const PIPELINE_QUEUES: [QueueName; 9] = [
     PROCESS_QUEUE,
     ROUTE_QUEUE,
     CHANNEL_POLL_QUEUE,
@@ -46,6 +46,7 @@ pub const PIPELINE_QUEUES: [QueueName; 8] = [
     OBJECT_RETRIEVAL_QUEUE,
     SPREAD_QUEUE,
     DELIVER_QUEUE,
+    REDELIVER_QUEUE,
     VERIFY_QUEUE,
 ];
 
@@ -371,6 +372,10 @@ pub async fn start(
         fanout_budget: Duration::from_millis(settings.hub.fanout_budget_ms),
         max_in_flight: 1024,
         max_subscriptions: settings.hub.max_subscriptions,
+        slow_lane_max_attempts: settings
+            .queue
+            .retry_policy(REDELIVER_QUEUE.as_str())
+            .max_attempts,
     };
 
     // One client per channel (with its timeouts and circuit breaker), shared by the
@@ -695,4 +700,44 @@ pub fn install_metrics_recorder() -> Option<igl_api::admin::PrometheusHandle> {
             Some(handle)
         })
         .clone()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The outbox relay and the broker topology cover `PIPELINE_QUEUES` only: a queue with a
+    /// handler outside it would never reach its workers in the broker shape.
+    #[tokio::test]
+    async fn every_queue_with_a_handler_is_a_pipeline_queue() {
+        let directory = tempfile::tempdir().unwrap();
+        let mut settings = Settings::default();
+        settings.node.data_dir = directory.path().to_path_buf();
+        let backends = open_backends(&settings).await.unwrap();
+        let jurisdiction = Jurisdiction::parse("AU").unwrap();
+        let hub = igl_websub::HubConfig {
+            hub_url: "http://127.0.0.1/api/v1/subscriptions".into(),
+            callbacks: igl_websub::policy::CallbackPolicy {
+                allow_private: false,
+            },
+            timeout: Duration::from_secs(1),
+            fanout_budget: Duration::from_secs(1),
+            max_in_flight: 1,
+            max_subscriptions: 1,
+            slow_lane_max_attempts: 8,
+        };
+        let channels = Arc::new(
+            igl_channels::client::build_channels(
+                &settings.channels,
+                igl_channels::client::HttpClientConfig::default(),
+            )
+            .unwrap(),
+        );
+        let handlers =
+            pipeline_handlers(&settings, &backends, jurisdiction, &hub, &channels).unwrap();
+        let handled: Vec<QueueName> = handlers.keys().cloned().collect();
+        let mut pipeline = PIPELINE_QUEUES.to_vec();
+        pipeline.sort();
+        assert_eq!(handled, pipeline);
+    }
 }

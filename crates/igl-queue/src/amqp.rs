@@ -9,9 +9,9 @@
 //!   [`JobQueue::dead_letters`] / [`JobQueue::replay_dead_letter`];
 //! - `{prefix}{q}.delay.{ms}`: one quorum queue per retry tier ([`DELAY_TIERS`]) with
 //!   `x-message-ttl = ms`, dead-lettering back to the work queue when the TTL ends. Delayed
-//!   jobs (retries, enqueues with a delay) go to the smallest tier at least as long as the
-//!   delay; a delay longer than the largest tier goes round again (the job carries its due
-//!   time and a claim that receives it early sends it back to a tier). No broker plugin.
+//!   jobs (retries, enqueues with a delay) go to the largest tier not longer than the delay;
+//!   the job carries its due time, and a claim that receives it early sends it back to the
+//!   tier for the rest, so it is never early and barely late. No broker plugin.
 //!
 //! Every message is persistent and published with publisher confirms (an operation returns
 //! only after the broker confirmed); deliveries are acked manually.
@@ -75,12 +75,24 @@ use tracing::{debug, info, warn};
 
 use crate::message::{JobMessage, now_micros, time_ordered_id, to_micros};
 
-/// The retry tiers, in milliseconds: a delayed job waits in the smallest tier at least as
-/// long as its delay (so it is never early and at most ~3.3× late), or in the largest one
-/// and then again.
+/// The retry tiers, in milliseconds: a delayed job waits in the largest tier not longer than
+/// its delay (the smallest tier for delays below it), then, when it comes back early, in the
+/// tier for the rest of its delay, and so on: it is never early, and late by at most the
+/// smallest tier plus the hops (a 6.4 s delay waits 3 s + 3 s + 300 ms + 100 ms).
 pub const DELAY_TIERS: [u64; 9] = [
     100, 300, 1_000, 3_000, 10_000, 30_000, 120_000, 600_000, 3_600_000,
 ];
+
+/// The tier (ms) a job due `delay` from now waits in: see [`DELAY_TIERS`].
+fn tier_for(delay: Duration) -> u64 {
+    let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+    DELAY_TIERS
+        .iter()
+        .copied()
+        .rev()
+        .find(|&tier| tier <= millis)
+        .unwrap_or(DELAY_TIERS[0])
+}
 
 /// How many dead letters one listing or replay browses at most per queue.
 const BROWSE_LIMIT: usize = 10_000;
@@ -439,13 +451,7 @@ impl Inner {
         if delay.is_zero() {
             return self.name(queue);
         }
-        let millis = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
-        let tier = DELAY_TIERS
-            .iter()
-            .copied()
-            .find(|&tier| tier >= millis)
-            .unwrap_or(DELAY_TIERS[DELAY_TIERS.len() - 1]);
-        self.tier_name(queue, tier)
+        self.tier_name(queue, tier_for(delay))
     }
 
     /// Takes the lease `receipt` still holds (not expired), or `None`.
@@ -519,7 +525,7 @@ impl Inner {
         if let Some(due) = message.due_micros {
             let early = due - now_micros();
             if early > DUE_TOLERANCE_MICROS {
-                // Came back from the largest tier before its due time: wait again.
+                // Came back from a tier before its due time: wait for the rest.
                 let delay = Duration::from_micros(u64::try_from(early).unwrap_or(0));
                 let route = self.route_for(queue, delay);
                 self.publish(&[(route, message)]).await?;
@@ -1151,5 +1157,25 @@ mod tests {
     #[test]
     fn tiers_grow() {
         assert!(DELAY_TIERS.windows(2).all(|pair| pair[0] < pair[1]));
+    }
+
+    #[test]
+    fn a_delay_waits_in_the_largest_tier_not_longer_than_it() {
+        let ms = Duration::from_millis;
+        assert_eq!(tier_for(ms(1)), 100);
+        assert_eq!(tier_for(ms(100)), 100);
+        assert_eq!(tier_for(ms(299)), 100);
+        assert_eq!(tier_for(ms(6_400)), 3_000);
+        assert_eq!(tier_for(ms(30_000)), 30_000);
+        assert_eq!(tier_for(Duration::from_secs(86_400)), 3_600_000);
+        // The hops of a 6.4 s delay add up to it (within the smallest tier).
+        let mut left = 6_400;
+        let mut waited = 0;
+        while left > 0 {
+            let tier = tier_for(ms(left));
+            waited += tier;
+            left = left.saturating_sub(tier);
+        }
+        assert!((6_400..6_500).contains(&waited), "{waited}");
     }
 }

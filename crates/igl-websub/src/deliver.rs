@@ -38,12 +38,41 @@ pub struct DeliverJob {
     pub event_id: String,
     /// The subscription.
     pub subscription_id: i64,
+    /// Attempts spent by earlier copies of this delivery. A copy replaces the job when an
+    /// attempt is deferred (the subscription already had [`SLOW_LANE_PER_SUBSCRIPTION`]
+    /// attempts in flight), so deferrals never use up the retry budget.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub spent: u32,
+    /// How often the delivery was deferred (the next deferral waits longer).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub deferrals: u32,
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+/// How long a deferred slow-lane delivery waits: 250 ms, doubling with each deferral up to
+/// 8 s.
+fn deferral_delay(deferrals: u32) -> Duration {
+    Duration::from_millis(250).saturating_mul(1 << deferrals.min(5))
 }
 
 impl DeliverJob {
-    /// The job on the slow lane (`redeliver`), deduplicated by (event, subscription).
+    /// The job on the slow lane (`redeliver`), deduplicated by (event, subscription) and, for
+    /// a deferred copy, its deferral count. The copy must not share the key of the job it
+    /// replaces: in the broker shape that job's outbox row may still exist (published, not
+    /// yet deleted by the relay), and a copy with its key would be dropped as a duplicate.
     pub fn into_new_job(self) -> NewJob {
-        let key = format!("{}/{}", self.event_id, self.subscription_id);
+        let key = if self.deferrals == 0 {
+            format!("{}/{}", self.event_id, self.subscription_id)
+        } else {
+            format!(
+                "{}/{}/deferred/{}",
+                self.event_id, self.subscription_id, self.deferrals
+            )
+        };
         NewJob::new(
             REDELIVER_QUEUE,
             serde_json::to_value(&self).unwrap_or_default(),
@@ -113,8 +142,9 @@ struct Shared {
 }
 
 /// Most slow-lane attempts in flight to one subscription. Further slow-lane jobs of that
-/// subscription fail at once (retried with backoff) instead of waiting on a subscriber that
-/// hangs, so a worker's batch is held up by at most a few requests to it.
+/// subscription are deferred at once (replaced by a later copy, without using an attempt)
+/// instead of waiting on a subscriber that hangs, so a worker's batch is held up by at most
+/// a few requests to it.
 pub const SLOW_LANE_PER_SUBSCRIPTION: usize = 4;
 
 /// A slow-lane slot of one subscription, given back on drop.
@@ -356,6 +386,13 @@ impl Deliver {
         job: &ClaimedJob,
         batch: DeliverBatchJob,
     ) -> Result<Handled, JobError> {
+        tracing::debug!(
+            event = %batch.event_id,
+            subscriptions = batch.subscription_ids.len(),
+            job = %job.id,
+            attempt = job.attempt,
+            "fast-lane delivery"
+        );
         let event = self.load_event(&batch.event_id).await?;
         let subscriptions = self
             .storage
@@ -428,6 +465,12 @@ impl Deliver {
             handed_over.push((subscription_id, Duration::ZERO));
         }
         self.record_successes(&delivered).await;
+        tracing::debug!(
+            event = %event.id,
+            delivered = delivered.len(),
+            handed_over = handed_over.len(),
+            "fast-lane delivery done"
+        );
         if handed_over.is_empty() {
             return Ok(Handled::Done);
         }
@@ -437,6 +480,8 @@ impl Deliver {
                 DeliverJob {
                     event_id: event.id.clone(),
                     subscription_id: *subscription_id,
+                    spent: 0,
+                    deferrals: 0,
                 }
                 .into_new_job()
                 .with_delay(*delay)
@@ -455,11 +500,35 @@ impl Deliver {
         Ok(Handled::AckedInTransaction)
     }
 
+    /// Replaces a slow-lane job whose attempt cannot start now by a copy due after
+    /// [`deferral_delay`] that carries the attempts spent so far (acked and enqueued in one
+    /// unit of work).
+    async fn defer(&self, job: &ClaimedJob, one: DeliverJob) -> Result<Handled, JobError> {
+        let delay = deferral_delay(one.deferrals);
+        let copy = DeliverJob {
+            spent: one.spent.saturating_add(job.attempt.saturating_sub(1)),
+            deferrals: one.deferrals.saturating_add(1),
+            ..one
+        };
+        let mut unit = self.storage.begin().await?;
+        if unit.ack(&[job.receipt()]).await? == 0 {
+            tracing::warn!(event = %copy.event_id, "lease lost before a deferred delivery was acked");
+            return Ok(Handled::AckedInTransaction);
+        }
+        unit.enqueue(&[copy.into_new_job().with_delay(delay)])
+            .await?;
+        unit.commit().await?;
+        metrics::counter!("igl_websub_deferred_total").increment(1);
+        Ok(Handled::AckedInTransaction)
+    }
+
     /// The slow lane: one event to one subscription, retried by the worker.
-    async fn handle_one(&self, one: DeliverJob) -> Result<Handled, JobError> {
+    async fn handle_one(&self, job: &ClaimedJob, one: DeliverJob) -> Result<Handled, JobError> {
         let DeliverJob {
-            event_id,
+            ref event_id,
             subscription_id,
+            spent,
+            ..
         } = one;
         let Some(subscription) = self.storage.subscription(subscription_id).await? else {
             tracing::debug!(subscription_id, "subscription gone; delivery skipped");
@@ -470,12 +539,13 @@ impl Deliver {
             return Ok(Handled::Done);
         }
         let Some(_slot) = self.shared.slow_slot(subscription_id) else {
-            return Err(JobError::transient(format!(
-                "{SLOW_LANE_PER_SUBSCRIPTION} deliveries to {} already in flight; attempt skipped",
-                subscription.callback
-            )));
+            tracing::debug!(
+                subscription_id,
+                "{SLOW_LANE_PER_SUBSCRIPTION} deliveries already in flight; deferred"
+            );
+            return self.defer(job, one).await;
         };
-        let event = self.load_event(&event_id).await?;
+        let event = self.load_event(event_id).await?;
         let prepared = self.prepare(&event)?;
         let started = Instant::now();
         let attempt = {
@@ -498,6 +568,13 @@ impl Deliver {
             Attempt::Failed { error, retry_after } => {
                 self.set_slow(subscription_id, true);
                 self.record_failure(subscription_id, &error).await;
+                let used = spent.saturating_add(job.attempt);
+                if used >= self.config.slow_lane_max_attempts {
+                    return Err(JobError::permanent(format!(
+                        "{error} (attempt {used} of {})",
+                        self.config.slow_lane_max_attempts
+                    )));
+                }
                 match retry_after {
                     Some(delay) => Err(JobError::retry_after(delay, error)),
                     None => Err(JobError::transient(error)),
@@ -553,7 +630,7 @@ impl JobHandler for Deliver {
     async fn handle(&self, job: &ClaimedJob) -> Result<Handled, JobError> {
         match serde_json::from_value(job.payload.clone()).map_err(JobError::permanent)? {
             AnyDeliveryJob::Batch(batch) => self.handle_batch(job, batch).await,
-            AnyDeliveryJob::One(one) => self.handle_one(one).await,
+            AnyDeliveryJob::One(one) => self.handle_one(job, one).await,
         }
     }
 }

@@ -41,4 +41,7 @@ pub struct HubConfig {
     /// Most subscriptions the hub holds; a new subscription beyond it is denied (a
     /// `hub.mode=denied` notification is sent to its callback).
     pub max_subscriptions: u64,
+    /// The slow lane's attempt budget (the `redeliver` queue's `max_attempts`): a delivery
+    /// whose attempts, over all its copies, reach it is dead-lettered on that failure.
+    pub slow_lane_max_attempts: u32,
 }

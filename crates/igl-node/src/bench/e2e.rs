@@ -77,21 +77,21 @@ struct E2eResult {
 }
 
 #[derive(Debug, Serialize)]
-struct StepResult {
+pub(super) struct StepResult {
     rate: u64,
     seconds: f64,
     posted: u64,
     post_errors: u64,
     measured: u64,
     stored_at_sg: u64,
-    stored_per_second: f64,
+    pub(super) stored_per_second: f64,
     /// Scheduled POST → SG committed the message.
     latency_ms: Latency,
     accepted_at_au: u64,
     /// Scheduled POST → AU committed `accepted`.
     accepted_latency_ms: Latency,
     all_accepted_at_au_after_s: Option<f64>,
-    sustained: bool,
+    pub(super) sustained: bool,
 }
 
 #[derive(Debug, Serialize)]
@@ -208,14 +208,51 @@ async fn watch(
     }
 }
 
-/// One constant-rate step on `network`.
+/// The network under load: where to POST at AU (round robin over the URLs) and the two
+/// stores to watch.
+pub(super) struct Target {
+    /// Base URLs of AU's Message API processes.
+    pub au_urls: Vec<String>,
+    /// A bearer token of an AU party.
+    pub au_token: String,
+    /// AU's store.
+    pub au: Arc<dyn Storage>,
+    /// SG's store.
+    pub sg: Arc<dyn Storage>,
+}
+
+/// The load of each step.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Load {
+    /// Measured seconds.
+    pub duration: u64,
+    /// Seconds of load before measuring.
+    pub warmup: u64,
+    /// Maximum POSTs in flight.
+    pub concurrency: usize,
+}
+
+/// With `--ramp`: how rates grow.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ramp {
+    /// Rate multiplier between steps.
+    pub factor: f64,
+    /// The highest rate tried.
+    pub max_rate: u64,
+}
+
+/// One constant-rate step on `target`.
 async fn run_step(
-    network: &Network,
+    target: &Target,
     client: &reqwest::Client,
     rate: u64,
-    args: &E2eBenchArgs,
+    args: &Load,
 ) -> anyhow::Result<StepResult> {
-    let url = format!("{}/api/v1/messages", network.au.url);
+    let urls: Vec<String> = target
+        .au_urls
+        .iter()
+        .map(|base| format!("{base}/api/v1/messages"))
+        .collect();
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let started = Instant::now();
     let measure_from = started + Duration::from_secs(args.warmup);
@@ -227,13 +264,9 @@ async fn run_step(
         end,
     };
     let post_errors = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sg_watcher = tokio::spawn(watch(
-        network.sg.node.backends.storage.clone(),
-        None,
-        window.clone(),
-    ));
+    let sg_watcher = tokio::spawn(watch(target.sg.clone(), None, window.clone()));
     let au_watcher = tokio::spawn(watch(
-        network.au.node.backends.storage.clone(),
+        target.au.clone(),
         Some(MessageStatus::Accepted),
         window.clone(),
     ));
@@ -251,8 +284,8 @@ async fn run_step(
         );
         let (client, url, token, errors) = (
             client.clone(),
-            url.clone(),
-            network.au.token.clone(),
+            urls[sent as usize % urls.len()].clone(),
+            target.au_token.clone(),
             post_errors.clone(),
         );
         tasks.spawn(async move {
@@ -283,7 +316,7 @@ async fn run_step(
     let accepted = au_watcher.await.context("watcher panicked")??;
 
     // Every posted message should end up accepted at AU (the channel confirmed it).
-    let au_storage = network.au.node.backends.storage.clone();
+    let au_storage = target.au.clone();
     let wait_from = Instant::now();
     let mut all_accepted = None;
     while wait_from.elapsed() < Duration::from_secs(60) {
@@ -362,6 +395,65 @@ fn print_step(step: &StepResult) {
     );
 }
 
+/// Runs one step at `rate`, or with `ramp` steps of increasing rate (then two bisection
+/// steps between the last sustained and the first failed rate), printing each step's row;
+/// returns the steps and the highest rate sustained (with `ramp`).
+pub(super) async fn run_steps(
+    target: &Target,
+    client: &reqwest::Client,
+    rate: u64,
+    load: &Load,
+    ramp: Option<Ramp>,
+) -> anyhow::Result<(Vec<StepResult>, Option<u64>)> {
+    print_header();
+    let mut steps = Vec::new();
+    let mut highest = None;
+    let Some(ramp) = ramp else {
+        let step = run_step(target, client, rate, load).await?;
+        print_step(&step);
+        steps.push(step);
+        return Ok((steps, None));
+    };
+    let first = rate;
+    let mut rate = rate;
+    let mut failed = None;
+    while rate <= ramp.max_rate {
+        let step = run_step(target, client, rate, load).await?;
+        print_step(&step);
+        let sustained = step.sustained;
+        steps.push(step);
+        if !sustained {
+            failed = Some(rate);
+            break;
+        }
+        highest = Some(rate);
+        rate = ((rate as f64 * ramp.factor).ceil() as u64).max(rate + 1);
+    }
+    if let Some(mut high) = failed {
+        let mut low = highest.unwrap_or(0);
+        for _ in 0..2 {
+            let mid = low + (high - low) / 2;
+            if mid <= low || mid == 0 {
+                break;
+            }
+            let step = run_step(target, client, mid, load).await?;
+            print_step(&step);
+            if step.sustained {
+                low = mid;
+                highest = Some(mid);
+            } else {
+                high = mid;
+            }
+            steps.push(step);
+        }
+    }
+    match highest {
+        Some(rate) => println!("highest rate sustained with p99 <= 1 s: {rate} msg/s"),
+        None => println!("no rate sustained with p99 <= 1 s (lowest tried: {first} msg/s)"),
+    }
+    Ok((steps, highest))
+}
+
 /// Runs the benchmark.
 pub async fn run_e2e_bench(args: E2eBenchArgs) -> anyhow::Result<()> {
     anyhow::ensure!(args.rate > 0, "--rate must be positive");
@@ -390,55 +482,22 @@ pub async fn run_e2e_bench(args: E2eBenchArgs) -> anyhow::Result<()> {
         environment.cores,
         environment.git_commit.as_deref().unwrap_or("unknown")
     );
-    print_header();
-    let mut steps = Vec::new();
-    let mut highest = None;
-    if args.ramp {
-        let mut rate = args.rate;
-        let mut failed = None;
-        while rate <= args.max_rate {
-            let step = run_step(&network, &client, rate, &args).await?;
-            print_step(&step);
-            let sustained = step.sustained;
-            steps.push(step);
-            if !sustained {
-                failed = Some(rate);
-                break;
-            }
-            highest = Some(rate);
-            rate = ((rate as f64 * args.ramp_factor).ceil() as u64).max(rate + 1);
-        }
-        // Two bisection steps between the last sustained and the first failed rate.
-        if let Some(mut high) = failed {
-            let mut low = highest.unwrap_or(0);
-            for _ in 0..2 {
-                let mid = low + (high - low) / 2;
-                if mid <= low || mid == 0 {
-                    break;
-                }
-                let step = run_step(&network, &client, mid, &args).await?;
-                print_step(&step);
-                if step.sustained {
-                    low = mid;
-                    highest = Some(mid);
-                } else {
-                    high = mid;
-                }
-                steps.push(step);
-            }
-        }
-        match highest {
-            Some(rate) => println!("highest rate sustained with p99 <= 1 s: {rate} msg/s"),
-            None => println!(
-                "no rate sustained with p99 <= 1 s (lowest tried: {} msg/s)",
-                args.rate
-            ),
-        }
-    } else {
-        let step = run_step(&network, &client, args.rate, &args).await?;
-        print_step(&step);
-        steps.push(step);
-    }
+    let target = Target {
+        au_urls: vec![network.au.url.clone()],
+        au_token: network.au.token.clone(),
+        au: network.au.node.backends.storage.clone(),
+        sg: network.sg.node.backends.storage.clone(),
+    };
+    let load = Load {
+        duration: args.duration,
+        warmup: args.warmup,
+        concurrency: args.concurrency,
+    };
+    let ramp = args.ramp.then_some(Ramp {
+        factor: args.ramp_factor,
+        max_rate: args.max_rate,
+    });
+    let (steps, highest) = run_steps(&target, &client, args.rate, &load, ramp).await?;
     let result = E2eResult {
         benchmark: "e2e",
         backend: network.backend(),
