@@ -634,3 +634,47 @@ impl JobHandler for Deliver {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(deferrals: u32) -> DeliverJob {
+        DeliverJob {
+            event_id: "AU:ref-1/stored".into(),
+            subscription_id: 7,
+            spent: 2,
+            deferrals,
+        }
+    }
+
+    #[test]
+    fn a_deferred_copy_does_not_share_the_key_of_the_job_it_replaces() {
+        let keys: Vec<Option<String>> = (0..3)
+            .map(|deferrals| job(deferrals).into_new_job().dedup_key)
+            .collect();
+        assert_eq!(keys[0].as_deref(), Some("AU:ref-1/stored/7"));
+        assert_ne!(keys[0], keys[1]);
+        assert_ne!(keys[1], keys[2]);
+    }
+
+    #[test]
+    fn deferral_delays_grow_to_a_cap() {
+        assert_eq!(deferral_delay(0), Duration::from_millis(250));
+        assert_eq!(deferral_delay(1), Duration::from_millis(500));
+        assert_eq!(deferral_delay(5), Duration::from_secs(8));
+        assert_eq!(deferral_delay(50), Duration::from_secs(8));
+    }
+
+    #[test]
+    fn the_budget_fields_are_left_out_of_a_first_job() {
+        let json = serde_json::to_value(job(0)).unwrap();
+        assert_eq!(json["spent"], 2);
+        assert!(json.get("deferrals").is_none());
+        let old: DeliverJob = serde_json::from_value(serde_json::json!({
+            "type": "deliver.v1", "event_id": "e", "subscription_id": 1
+        }))
+        .unwrap();
+        assert_eq!((old.spent, old.deferrals), (0, 0));
+    }
+}
