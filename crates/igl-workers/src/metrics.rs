@@ -9,6 +9,10 @@ use metrics::{Counter, Histogram, Unit, counter, describe_counter, describe_hist
 pub const JOBS_TOTAL: &str = "igl_jobs_total";
 /// Time spent in a handler per job, in seconds, by `queue` and `worker`.
 pub const JOB_DURATION_SECONDS: &str = "igl_job_duration_seconds";
+/// Time from a job's enqueue until a worker finished handling it, minus the handling, in
+/// seconds, by `queue` and `worker`: how long jobs wait (including retry backoff and
+/// requested delays; in the broker shape, the outbox relay and the broker).
+pub const JOB_QUEUED_SECONDS: &str = "igl_job_queued_seconds";
 /// Failed calls to the job queue made by the worker runtime (claim, ack, retry,
 /// dead-letter, lease extension), by `queue`.
 pub const WORKER_STORAGE_ERRORS_TOTAL: &str = "igl_worker_storage_errors_total";
@@ -21,6 +25,7 @@ pub(crate) struct WorkerMetrics {
     retried: Counter,
     dead_lettered: Counter,
     duration: Histogram,
+    queued: Histogram,
     storage_errors: Counter,
 }
 
@@ -35,6 +40,11 @@ impl WorkerMetrics {
             JOB_DURATION_SECONDS,
             Unit::Seconds,
             "time spent handling a job"
+        );
+        describe_histogram!(
+            JOB_QUEUED_SECONDS,
+            Unit::Seconds,
+            "time a job waited between its enqueue and its handling"
         );
         describe_counter!(
             WORKER_STORAGE_ERRORS_TOTAL,
@@ -58,6 +68,11 @@ impl WorkerMetrics {
                 "queue" => queue.to_string(),
                 "worker" => worker
             ),
+            queued: histogram!(
+                JOB_QUEUED_SECONDS,
+                "queue" => queue.to_string(),
+                "worker" => worker
+            ),
             storage_errors: counter!(WORKER_STORAGE_ERRORS_TOTAL, "queue" => queue.to_string()),
         }
     }
@@ -76,6 +91,10 @@ impl WorkerMetrics {
 
     pub(crate) fn job_duration(&self, duration: Duration) {
         self.duration.record(duration);
+    }
+
+    pub(crate) fn job_queued(&self, queued: Duration) {
+        self.queued.record(queued);
     }
 
     pub(crate) fn storage_error(&self) {

@@ -494,10 +494,16 @@ impl Runtime {
     /// dead-letter it.
     async fn finish(&self, job: &ClaimedJob, attempt: Attempt, elapsed: Duration) -> JobOutcome {
         self.metrics.job_duration(elapsed);
+        let since_enqueue = igl_domain::Timestamp::now_utc() - job.enqueued_at;
+        let queued = Duration::try_from(since_enqueue)
+            .unwrap_or_default()
+            .saturating_sub(elapsed);
+        self.metrics.job_queued(queued);
         match attempt {
             Attempt::Handled(Ok(handled)) => {
                 debug!(
                     elapsed_ms = elapsed.as_millis() as u64,
+                    queued_ms = queued.as_millis() as u64,
                     ?handled,
                     "job done"
                 );
