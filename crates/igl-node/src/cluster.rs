@@ -184,8 +184,9 @@ pub struct ClusterOptions {
     pub layout: Vec<Group>,
     /// The log filter of every process (`[log] filter`).
     pub log_filter: String,
-    /// `database.max_connections` of a worker process (API processes get four times as
-    /// many): the cluster opens `2 × Σ replicas` pools on one server, which must allow it.
+    /// `database.max_connections` of a worker process (routers get three times, API
+    /// processes and each channel endpoint pool four times as many): the cluster opens
+    /// `2 × Σ replicas` pools on one server, which must allow it.
     pub worker_connections: u32,
     /// `queue.lease_secs`: how long a job leased by a process that died stays invisible (for
     /// the SQL outbox; broker deliveries return when the connection drops).
@@ -529,7 +530,7 @@ filter = {filter}
         data_dir = s(&data_dir.display().to_string()),
         medium = s(&options.postgres_url),
         medium_schema = s(medium_schema),
-        connections = options.worker_connections * 2,
+        connections = options.worker_connections * 4,
         filter = s(&options.log_filter),
     )
 }
@@ -696,6 +697,14 @@ impl Cluster {
                         args.push(format!("--component={}", component.as_str()));
                     }
                     let mut env = Vec::new();
+                    if group.components == [Component::Router] {
+                        // 16 route jobs in flight, each a read, a channel POST and a unit
+                        // of work: with the worker default they queue for connections.
+                        env.push((
+                            "IGL_DATABASE__MAX_CONNECTIONS".into(),
+                            (options.worker_connections * 3).to_string(),
+                        ));
+                    }
                     if group.serves_http() {
                         let port = ports[code][port_index];
                         port_index += 1;
@@ -717,7 +726,11 @@ impl Cluster {
                         env.clone(),
                     )?;
                     if serves_http {
-                        let bind = &env[0].1;
+                        let bind = &env
+                            .iter()
+                            .find(|(k, _)| k == "IGL_HTTP__BIND")
+                            .expect("bind")
+                            .1;
                         apis.push((index, format!("http://{bind}")));
                     }
                 }

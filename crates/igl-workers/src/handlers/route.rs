@@ -146,6 +146,7 @@ impl RouteMessage {
                     "routing rule names channel {channel}, which has no client"
                 )));
             };
+            let posting = std::time::Instant::now();
             match client
                 .post_message_with_ref(&message.content, &message.sender_ref)
                 .await
@@ -153,7 +154,10 @@ impl RouteMessage {
                 Ok(receipt) => {
                     counter!(CHANNEL_POSTS_TOTAL, "channel" => channel.to_owned(), "outcome" => "posted")
                         .increment(1);
-                    return self.record_post(job, &reference, rule, &receipt).await;
+                    let post_ms = posting.elapsed().as_millis() as u64;
+                    return self
+                        .record_post(job, &reference, rule, &receipt, post_ms)
+                        .await;
                 }
                 Err(error) if error.is_transient() => {
                     counter!(CHANNEL_POSTS_TOTAL, "channel" => channel.to_owned(), "outcome" => "unavailable")
@@ -196,7 +200,9 @@ impl RouteMessage {
         reference: &MessageRef,
         rule: &RoutingRule,
         receipt: &ChannelReceipt,
+        post_ms: u64,
     ) -> Result<Handled, JobError> {
+        let recording = std::time::Instant::now();
         let update = MessageUpdate {
             channel_id: Some(rule.channel_id.clone()),
             channel_txn_id: Some(receipt.id.clone()),
@@ -240,6 +246,8 @@ impl RouteMessage {
             %reference,
             channel = %rule.channel_id,
             channel_txn_id = %receipt.id,
+            post_ms,
+            record_ms = recording.elapsed().as_millis() as u64,
             "message posted to channel"
         );
         Ok(Handled::AckedInTransaction)
