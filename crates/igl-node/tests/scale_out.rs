@@ -315,11 +315,8 @@ async fn document_at_sg(sg: &Api, multihash: &str, size: usize) -> anyhow::Resul
     }
 }
 
-struct Report {
-    text: String,
-}
-
-async fn crash_run(directory: &std::path::Path) -> anyhow::Result<Report> {
+/// Runs the whole test; returns the report of what was checked.
+async fn crash_run(directory: &std::path::Path) -> anyhow::Result<String> {
     let messages: usize = std::env::var("IGL_SCALE_OUT_MESSAGES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -363,7 +360,7 @@ async fn exercise(
     messages: usize,
     seed: u64,
     start_time: Duration,
-) -> anyhow::Result<Report> {
+) -> anyhow::Result<String> {
     let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -686,7 +683,7 @@ async fn exercise(
         text,
         "  CPU seconds by process group: {cpu_before_stop:.1?}"
     )?;
-    Ok(Report { text })
+    Ok(text)
 }
 
 #[cfg_attr(
@@ -701,10 +698,10 @@ async fn every_acknowledged_message_arrives_exactly_once_while_workers_are_kille
         .unwrap();
     match crash_run(directory.path()).await {
         Ok(report) => {
-            print!("{}", report.text);
+            print!("{report}");
             let file =
                 std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scale-out-report.txt");
-            std::fs::write(&file, &report.text).unwrap();
+            std::fs::write(&file, &report).unwrap();
         }
         Err(error) => {
             let kept = directory.keep();
