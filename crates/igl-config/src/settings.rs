@@ -363,10 +363,13 @@ pub enum QueueBackend {
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AmqpSettings {
-    /// `amqp://user:password@host:port/vhost`; required when `queue.backend = "amqp"`.
-    /// Secret (it holds the password): never logged, see [`Settings::redacted_amqp_url`].
-    /// TLS (`amqps://`) is not built in.
+    /// `amqp://user:password@host:port/vhost`, or `amqps://…` for TLS (port 5671 by
+    /// default); required when `queue.backend = "amqp"`. Secret (it holds the password):
+    /// never logged, see [`Settings::redacted_amqp_url`].
     pub url: Option<SecretString>,
+    /// PEM file of certificates to trust for `amqps://`, besides the system's roots (a
+    /// private CA). The broker's certificate must name the URL's host. Only with `amqps://`.
+    pub ca_file: Option<PathBuf>,
     /// Prefix of every queue this node declares (`igl.` → `igl.route`, `igl.route.dead`);
     /// lets several nodes share a vhost. 1 to 64 characters of `[a-z0-9._-]`. Default `igl.`.
     pub prefix: String,
@@ -386,6 +389,7 @@ impl Default for AmqpSettings {
     fn default() -> Self {
         AmqpSettings {
             url: None,
+            ca_file: None,
             prefix: "igl.".into(),
             prefetch: 64,
             delivery_limit: 50,

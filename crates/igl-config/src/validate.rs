@@ -159,14 +159,15 @@ impl Settings {
                 );
             }
             (Some(url), _) => match url_scheme(url.expose_secret()).as_deref() {
-                Some("amqp") => {}
-                Some("amqps") => problems.push(
-                    "queue.amqp.url",
-                    "TLS (amqps://) is not built in; use amqp:// (e.g. through a TLS sidecar)",
+                Some("amqps") => {}
+                Some("amqp") if amqp.ca_file.is_some() => problems.push(
+                    "queue.amqp.ca_file",
+                    "is only used with TLS: the url must be amqps://",
                 ),
+                Some("amqp") => {}
                 Some(scheme) => problems.push(
                     "queue.amqp.url",
-                    format!("scheme {scheme:?} is not supported (expected amqp://)"),
+                    format!("scheme {scheme:?} is not supported (expected amqp:// or amqps://)"),
                 ),
                 None => problems.push("queue.amqp.url", "is not a URL (expected amqp://…)"),
             },
@@ -465,10 +466,16 @@ mod tests {
             url: Some("amqps://igl:hunter2@broker/igl".into()),
             ..crate::AmqpSettings::default()
         };
-        let error = settings.validate().unwrap_err().to_string();
-        assert!(error.contains("TLS (amqps://) is not built in"), "{error}");
-        assert!(!error.contains("hunter2"), "{error}");
+        settings.validate().unwrap();
         settings.queue.amqp.url = Some("amqp://igl:hunter2@broker/igl".into());
+        settings.queue.amqp.ca_file = Some("/etc/igl/broker-ca.pem".into());
+        let error = settings.validate().unwrap_err().to_string();
+        assert!(
+            error.contains("queue.amqp.ca_file: is only used with TLS"),
+            "{error}"
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+        settings.queue.amqp.ca_file = None;
         settings.validate().unwrap();
         assert_eq!(
             settings.redacted_amqp_url().as_deref(),

@@ -118,6 +118,12 @@ pub async fn open_backends(settings: &Settings) -> anyhow::Result<Backends> {
                 .as_ref()
                 .context("queue.amqp.url is required when queue.backend = \"amqp\"")?;
             let mut broker_options = AmqpOptions::new(url.expose_secret());
+            if let Some(ca_file) = &amqp.ca_file {
+                let pem = std::fs::read_to_string(ca_file).with_context(|| {
+                    format!("cannot read queue.amqp.ca_file {}", ca_file.display())
+                })?;
+                broker_options.ca_certificates = Some(pem);
+            }
             broker_options.prefix = amqp.prefix.clone();
             broker_options.prefetch = amqp.prefetch;
             broker_options.delivery_limit = amqp.delivery_limit;
@@ -594,9 +600,8 @@ fn spawn_worker(
         };
     }
     // Deliveries and verifications wait on other parties' servers: handle many at once so
-    // one slow subscriber does not hold up the others. A worker claims its next batch only
-    // once the whole batch is handled, so the delivery lanes run several workers with
-    // small batches: a batch held up by a slow subscriber stops one worker, not the lane.
+    // one slow subscriber does not hold up the others (a worker claims again as slots
+    // free up, so a slow job holds up only its own slot).
     let (workers_count, claim_batch, concurrency) = if queue == DELIVER_QUEUE {
         (4, 8, 8)
     } else if queue == REDELIVER_QUEUE {

@@ -55,10 +55,11 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use igl_core::{
     ClaimedJob, DeadLetter, JobId, JobQueue, JobReceipt, NewJob, QueueDepth, QueueName, StoreError,
 };
@@ -68,8 +69,9 @@ use lapin::options::{
     BasicQosOptions, BasicRejectOptions, ConfirmSelectOptions, QueueDeclareOptions,
     QueueDeleteOptions,
 };
+use lapin::tcp::OwnedTLSConfig;
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{Acker, Channel, Connection, ConnectionProperties};
+use lapin::{Acker, Channel, Connect as _, Connection, ConnectionProperties};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
@@ -97,14 +99,20 @@ fn tier_for(delay: Duration) -> u64 {
 /// How many dead letters one listing or replay browses at most per queue.
 const BROWSE_LIMIT: usize = 10_000;
 
+/// The most `basic.get` requests a claim keeps in flight on its channel.
+const PIPELINED_GETS: usize = 32;
+
 /// A job claimed earlier than this before its due time is sent back to a delay tier.
 const DUE_TOLERANCE_MICROS: i64 = 5_000;
 
 /// Connection settings of [`AmqpQueue`].
 #[derive(Clone)]
 pub struct AmqpOptions {
-    /// `amqp://user:password@host:port/vhost` (the vhost URL-encoded: `%2f` for `/`).
+    /// `amqp://user:password@host:port/vhost` (the vhost URL-encoded: `%2f` for `/`), or
+    /// `amqps://…` for TLS (rustls; the broker's certificate must name the host).
     pub url: String,
+    /// PEM certificates trusted for `amqps://` besides the system's roots (a private CA).
+    pub ca_certificates: Option<String>,
     /// Prefix of every queue name (`igl.` → `igl.route`, `igl.route.dead`, …); lets several
     /// nodes or tests share a vhost.
     pub prefix: String,
@@ -128,6 +136,7 @@ impl AmqpOptions {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            ca_certificates: None,
             prefix: "igl.".into(),
             prefetch: 64,
             delivery_limit: 50,
@@ -222,8 +231,39 @@ struct Session {
 struct QueueChannel {
     channel: Channel,
     /// Deliveries received by the consumer and not claimed yet.
-    buffer: Arc<Mutex<VecDeque<Delivery>>>,
+    buffer: Arc<Mutex<Received>>,
     consuming: tokio::sync::OnceCell<()>,
+}
+
+/// The deliveries pushed by a queue's consumer and not claimed yet.
+///
+/// Every delivery leaves the consumer's stream while this is locked (by the task that moves
+/// them here, or by [`Received::take_received`]), so a claim that locks it sees every
+/// delivery the connection has received: a `basic.get` answered "empty" after the broker
+/// pushed the queue's jobs to the consumer finds them here.
+#[derive(Default)]
+struct Received {
+    deliveries: VecDeque<Delivery>,
+    /// A handle on the consumer's stream, once it is started.
+    consumer: Option<lapin::Consumer>,
+}
+
+impl Received {
+    /// Moves what the consumer has received into `deliveries`, without waiting.
+    fn take_received(&mut self) {
+        let Some(consumer) = self.consumer.as_mut() else {
+            return;
+        };
+        while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
+            self.deliveries.push_back(delivery);
+        }
+    }
+
+    /// The next received delivery.
+    fn pop(&mut self) -> Option<Delivery> {
+        self.take_received();
+        self.deliveries.pop_front()
+    }
 }
 
 fn unavailable(error: impl Into<igl_core::BoxError>) -> StoreError {
@@ -316,10 +356,7 @@ impl Inner {
         let properties = ConnectionProperties::default()
             .with_connection_name(LongString::from(self.options.connection_name.as_bytes()));
         let connection = self
-            .call(
-                "connect",
-                Connection::connect(&self.options.url, properties),
-            )
+            .call("connect", connect(&self.options, properties))
             .await?;
         let publisher = self
             .call("channel.open", connection.create_channel())
@@ -651,6 +688,47 @@ impl Inner {
     }
 }
 
+/// Moves the deliveries `consumer` has received into `buffer`, holding its lock while
+/// taking them: `Ready(Ok(true))` once some moved, `Ready(Ok(false))` when the consumer was
+/// cancelled, `Pending` (waker registered) when there were none.
+fn move_received(
+    buffer: &Mutex<Received>,
+    consumer: &mut lapin::Consumer,
+    cx: &mut std::task::Context<'_>,
+) -> Poll<Result<bool, lapin::Error>> {
+    let mut received = buffer.lock().expect("buffer lock");
+    let mut moved = false;
+    loop {
+        match consumer.poll_next_unpin(cx) {
+            Poll::Ready(Some(Ok(delivery))) => {
+                received.deliveries.push_back(delivery);
+                moved = true;
+            }
+            Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
+            Poll::Ready(None) => return Poll::Ready(Ok(false)),
+            Poll::Pending if moved => return Poll::Ready(Ok(true)),
+            Poll::Pending => return Poll::Pending,
+        }
+    }
+}
+
+/// Opens a connection (TLS for `amqps://`, trusting `ca_certificates` too).
+async fn connect(
+    options: &AmqpOptions,
+    properties: ConnectionProperties,
+) -> Result<Connection, lapin::Error> {
+    let tls = OwnedTLSConfig {
+        identity: None,
+        cert_chain: options.ca_certificates.clone(),
+    };
+    let runtime = lapin::runtime::default_runtime()?;
+    options
+        .url
+        .as_str()
+        .connect_with_config(properties, tls, runtime)
+        .await
+}
+
 fn text(value: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.as_bytes()))
 }
@@ -868,44 +946,54 @@ impl JobQueue for AmqpQueue {
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let claim_channel = self.inner.queue_channel(queue).await?;
         let mut claimed = Vec::new();
-        while claimed.len() < max {
-            let buffered = claim_channel
-                .buffer
-                .lock()
-                .expect("buffer lock")
-                .pop_front();
-            let Some(delivery) = buffered else { break };
-            if delivery.acker.usable() {
-                self.inner
-                    .accept(queue, delivery, lease, &mut claimed)
-                    .await?;
-            }
-        }
+        self.take_buffered(queue, &claim_channel, max, lease, &mut claimed)
+            .await?;
         if !claimed.is_empty() {
             // Push mode (a consumer is prefetching): what it delivered is the batch; pulling
             // the rest one `basic.get` round trip at a time would only slow the claim down.
             return Ok(claimed);
         }
+        // Pull: the first `basic.get` tells how many more are ready; those are fetched
+        // with up to `PIPELINED_GETS` gets in flight at once, so a backlog drains at
+        // close to push speed instead of one round trip per job.
         let name = self.inner.name(queue);
-        while claimed.len() < max {
-            let got = self
-                .inner
-                .call(
-                    "basic.get",
-                    claim_channel
-                        .channel
-                        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false }),
-                )
-                .await?;
-            let Some(got) = got else { break };
-            let remaining = got.message_count;
-            self.inner
-                .accept(queue, got.delivery, lease, &mut claimed)
-                .await?;
-            if remaining == 0 {
-                break;
+        let get = || {
+            self.inner.call(
+                "basic.get",
+                claim_channel
+                    .channel
+                    .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false }),
+            )
+        };
+        let mut ready = 1;
+        while claimed.len() < max && ready > 0 {
+            let gets = (max - claimed.len()).min(ready).min(PIPELINED_GETS);
+            let results = futures::future::join_all((0..gets).map(|_| get())).await;
+            ready = 0;
+            let mut first_error = None;
+            for result in results {
+                match result {
+                    Ok(Some(got)) => {
+                        ready = got.message_count as usize;
+                        self.inner
+                            .accept(queue, got.delivery, lease, &mut claimed)
+                            .await?;
+                    }
+                    Ok(None) => {}
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
+                }
+            }
+            if let Some(error) = first_error {
+                // What was fetched stays leased (returned after its lease) unless the
+                // connection is gone, when the broker returns it at once.
+                return Err(error);
             }
         }
+        // With a consumer running, the broker may have pushed jobs to it meanwhile.
+        self.take_buffered(queue, &claim_channel, max, lease, &mut claimed)
+            .await?;
         Ok(claimed)
     }
 
@@ -1053,7 +1141,11 @@ impl JobQueue for AmqpQueue {
             .values()
             .filter(|lease| &lease.queue == queue)
             .count() as u64;
-        let buffered = claim_channel.buffer.lock().expect("buffer lock").len() as u64;
+        let buffered = {
+            let mut received = claim_channel.buffer.lock().expect("buffer lock");
+            received.take_received();
+            received.deliveries.len() as u64
+        };
         Ok(QueueDepth {
             ready,
             scheduled,
@@ -1078,15 +1170,17 @@ impl JobQueue for AmqpQueue {
                 return;
             }
         };
-        let started = claim_channel
-            .consuming
-            .get_or_try_init(|| self.start_consumer(queue, &claim_channel, wakeup.clone()))
-            .await;
-        if started.is_err() {
+        if self.ensure_consumer(queue, &claim_channel).await.is_err() {
             tokio::time::sleep(timeout.min(Duration::from_secs(1))).await;
             return;
         }
-        if !claim_channel.buffer.lock().expect("buffer lock").is_empty() {
+        if !claim_channel
+            .buffer
+            .lock()
+            .expect("buffer lock")
+            .deliveries
+            .is_empty()
+        {
             return;
         }
         let _ = tokio::time::timeout(timeout, notified).await;
@@ -1094,6 +1188,20 @@ impl JobQueue for AmqpQueue {
 }
 
 impl AmqpQueue {
+    /// Starts the consumer of `queue` on this connection unless it is running.
+    async fn ensure_consumer(
+        &self,
+        queue: &QueueName,
+        claim_channel: &QueueChannel,
+    ) -> Result<(), StoreError> {
+        let wakeup = self.inner.wakeup(queue);
+        claim_channel
+            .consuming
+            .get_or_try_init(|| self.start_consumer(queue, claim_channel, wakeup))
+            .await
+            .map(|_| ())
+    }
+
     async fn start_consumer(
         &self,
         queue: &QueueName,
@@ -1121,22 +1229,45 @@ impl AmqpQueue {
             )
             .await?;
         let buffer = claim_channel.buffer.clone();
+        buffer.lock().expect("buffer lock").consumer = Some(consumer.clone());
         let queue = queue.clone();
         tokio::spawn(async move {
-            while let Some(delivery) = consumer.next().await {
-                match delivery {
-                    Ok(delivery) => {
-                        buffer.lock().expect("buffer lock").push_back(delivery);
-                        wakeup.notify_waiters();
-                    }
+            // Moves deliveries into the buffer while holding its lock (see `Received`),
+            // then wakes the waiting workers.
+            loop {
+                let moved =
+                    std::future::poll_fn(|cx| move_received(&buffer, &mut consumer, cx)).await;
+                match moved {
+                    Ok(true) => wakeup.notify_waiters(),
+                    Ok(false) => break,
                     Err(error) => {
                         debug!(queue = %queue, %error, "consumer stopped");
                         break;
                     }
                 }
             }
+            buffer.lock().expect("buffer lock").consumer = None;
             wakeup.notify_waiters();
         });
+        Ok(())
+    }
+
+    /// Claims (up to `max` in all) deliveries the consumer has received.
+    async fn take_buffered(
+        &self,
+        queue: &QueueName,
+        claim_channel: &QueueChannel,
+        max: usize,
+        lease: Duration,
+        claimed: &mut Vec<ClaimedJob>,
+    ) -> Result<(), StoreError> {
+        while claimed.len() < max {
+            let buffered = claim_channel.buffer.lock().expect("buffer lock").pop();
+            let Some(delivery) = buffered else { break };
+            if delivery.acker.usable() {
+                self.inner.accept(queue, delivery, lease, claimed).await?;
+            }
+        }
         Ok(())
     }
 }

@@ -13,7 +13,10 @@ mod relay;
 
 pub use amqp::{AmqpOptions, AmqpQueue, DELAY_TIERS, redact_amqp_url};
 pub use brokered::BrokeredStorage;
-pub use relay::{OutboxRelay, RelayConfig};
+pub use relay::{
+    OUTBOX_PUBLISH_LAG_SECONDS, OUTBOX_RELAY_ERRORS_TOTAL, OUTBOX_RELAY_ROUND_SECONDS,
+    OUTBOX_RELAYED_TOTAL, OutboxRelay, RelayConfig,
+};
 
 /// Renders an error and its sources as `"outer: middle: inner"`.
 pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {

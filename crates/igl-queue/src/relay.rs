@@ -1,14 +1,50 @@
 //! [`OutboxRelay`]: publishes the jobs committed into the SQL outbox to the broker.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use igl_core::{JobQueue, QueueName, StoreError};
+use igl_domain::Timestamp;
+use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument as _, debug, info, info_span, warn};
 
 use crate::AmqpQueue;
+
+/// Jobs published to the broker (confirmed) and deleted from the outbox, by `queue`.
+pub const OUTBOX_RELAYED_TOTAL: &str = "igl_outbox_relayed_total";
+/// Failed relay rounds (outbox or broker call), by `queue`.
+pub const OUTBOX_RELAY_ERRORS_TOTAL: &str = "igl_outbox_relay_errors_total";
+/// Time of one relay round that moved jobs (claim, publish with confirms, delete), in
+/// seconds, by `queue`.
+pub const OUTBOX_RELAY_ROUND_SECONDS: &str = "igl_outbox_relay_round_seconds";
+/// Time from a job's enqueue until the broker confirmed it, in seconds, by `queue`: how
+/// long jobs wait in the outbox (a job enqueued with a delay counts its delay too).
+pub const OUTBOX_PUBLISH_LAG_SECONDS: &str = "igl_outbox_publish_lag_seconds";
+
+fn describe_metrics() {
+    describe_counter!(
+        OUTBOX_RELAYED_TOTAL,
+        Unit::Count,
+        "jobs relayed from the outbox to the broker"
+    );
+    describe_counter!(
+        OUTBOX_RELAY_ERRORS_TOTAL,
+        Unit::Count,
+        "failed outbox relay rounds"
+    );
+    describe_histogram!(
+        OUTBOX_RELAY_ROUND_SECONDS,
+        Unit::Seconds,
+        "time of an outbox relay round: claim, publish with confirms, delete"
+    );
+    describe_histogram!(
+        OUTBOX_PUBLISH_LAG_SECONDS,
+        Unit::Seconds,
+        "time from a job's enqueue until the broker confirmed it"
+    );
+}
 
 /// How the relay claims outbox rows.
 #[derive(Debug, Clone)]
@@ -79,6 +115,15 @@ impl OutboxRelay {
     /// The first failed outbox or broker call. Rows whose publish was not confirmed are
     /// released to be published again after a short delay.
     pub async fn relay_once(&self, queue: &QueueName) -> Result<usize, StoreError> {
+        let result = self.relay_round(queue).await;
+        if result.is_err() {
+            counter!(OUTBOX_RELAY_ERRORS_TOTAL, "queue" => queue.to_string()).increment(1);
+        }
+        result
+    }
+
+    async fn relay_round(&self, queue: &QueueName) -> Result<usize, StoreError> {
+        let started = Instant::now();
         let jobs = self
             .outbox
             .claim(queue, self.config.batch, self.config.lease)
@@ -97,7 +142,16 @@ impl OutboxRelay {
             }
             return Err(error);
         }
+        let confirmed = Timestamp::now_utc();
+        let lag = histogram!(OUTBOX_PUBLISH_LAG_SECONDS, "queue" => queue.to_string());
+        for job in &jobs {
+            let waited = Duration::try_from(confirmed - job.enqueued_at).unwrap_or_default();
+            lag.record(waited.as_secs_f64());
+        }
         let marked = self.outbox.ack(&receipts).await?;
+        counter!(OUTBOX_RELAYED_TOTAL, "queue" => queue.to_string()).increment(jobs.len() as u64);
+        histogram!(OUTBOX_RELAY_ROUND_SECONDS, "queue" => queue.to_string())
+            .record(started.elapsed().as_secs_f64());
         if marked < receipts.len() as u64 {
             warn!(
                 queue = %queue,
@@ -112,6 +166,7 @@ impl OutboxRelay {
     /// Relays every queue until `shutdown` is cancelled (one loop per queue). Failures
     /// are logged and retried with backoff (50 ms to 5 s); the relay never gives up.
     pub async fn run(self, shutdown: CancellationToken) {
+        describe_metrics();
         info!(queues = self.queues.len(), "outbox relay started");
         let relay = Arc::new(self);
         let mut loops = JoinSet::new();

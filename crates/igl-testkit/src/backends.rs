@@ -105,6 +105,31 @@ pub async fn amqp() -> TestBroker {
     TestBroker { queue, options }
 }
 
+/// Environment variable naming a TLS listener of the test RabbitMQ
+/// (`amqps://guest:guest@localhost:5671/%2f`); [`AMQP_CA_FILE_VAR`] must name the CA that
+/// signed its certificate.
+pub const AMQPS_URL_VAR: &str = "IGL_TEST_AMQPS_URL";
+/// Environment variable naming the PEM file of the CA of [`AMQPS_URL_VAR`]'s certificate.
+pub const AMQP_CA_FILE_VAR: &str = "IGL_TEST_AMQP_CA_FILE";
+
+/// Options for the test RabbitMQ's TLS listener with a fresh queue prefix, trusting the
+/// test CA. `None` when [`AMQPS_URL_VAR`] is not set; panics naming [`AMQP_CA_FILE_VAR`]
+/// when that is missing or unreadable.
+pub fn amqps_options() -> Option<igl_queue::AmqpOptions> {
+    let url = std::env::var(AMQPS_URL_VAR)
+        .ok()
+        .filter(|url| !url.is_empty())?;
+    let ca_file = std::env::var(AMQP_CA_FILE_VAR)
+        .unwrap_or_else(|_| panic!("{AMQPS_URL_VAR} is set but {AMQP_CA_FILE_VAR} is not"));
+    let ca = std::fs::read_to_string(&ca_file)
+        .unwrap_or_else(|error| panic!("cannot read {AMQP_CA_FILE_VAR} {ca_file}: {error}"));
+    let mut options = igl_queue::AmqpOptions::new(url);
+    options.ca_certificates = Some(ca);
+    options.prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
+    options.connection_name = "igl-testkit-tls".into();
+    Some(options)
+}
+
 /// Environment variable naming the S3-compatible server for tests (`http://127.0.0.1:PORT`).
 /// With it set, [`S3_BUCKET_VAR`], [`S3_ACCESS_KEY_VAR`] and [`S3_SECRET_KEY_VAR`] must be
 /// set too; [`S3_REGION_VAR`] is optional (default `us-east-1`).

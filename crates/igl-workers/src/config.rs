@@ -12,13 +12,14 @@ use crate::RetryPolicy;
 pub struct WorkerConfig {
     /// The queue to consume.
     pub queue: QueueName,
-    /// How many jobs of a claimed batch are handled at once (at least 1).
+    /// How many jobs are handled at once (at least 1).
     pub concurrency: usize,
-    /// How many jobs one claim leases at most (at least 1). The `Done` jobs of a batch are
-    /// acked together in one call, so larger batches mean fewer round trips.
+    /// How many jobs one claim leases at most (at least 1); a worker holds at most
+    /// `max(concurrency, claim_batch)` jobs. `Done` jobs are acked together, so larger
+    /// batches mean fewer round trips.
     pub claim_batch: usize,
-    /// The lease taken on each claimed job. While a batch is being handled the runtime
-    /// extends the leases of its unfinished jobs every third of `lease`, so a job outlives
+    /// The lease taken on each claimed job. The runtime extends the leases of the jobs it
+    /// holds every third of `lease`, so a job outlives
     /// its first lease only while this worker is alive.
     pub lease: Duration,
     /// The longest wait for new jobs when the queue is empty (a wake-up from an enqueue may

@@ -1,5 +1,5 @@
 use std::any::Any;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -59,28 +59,33 @@ impl DrainReport {
 /// Runs one worker: claims jobs of `config.queue` and hands them to `handler` until
 /// `shutdown` is cancelled.
 ///
-/// Each round claims up to `config.claim_batch` jobs and handles them with up to
-/// `config.concurrency` in flight, each on its own task inside a `job` span:
+/// The worker holds at most `max(concurrency, claim_batch)` jobs (claimed and not yet
+/// acked, retried or dead-lettered) and handles up to `config.concurrency` of them at once,
+/// each on its own task inside a `job` span. It claims again (up to `claim_batch`) as soon
+/// as a quarter of that capacity is free, so a slow job holds up its own slot only, never
+/// the next claim. A batched handler ([`JobHandler::batched`]) gets each claim as one batch
+/// and the worker claims the next one when the batch is finished.
 /// - a job claimed more than `retry.max_attempts` times (its earlier holders crashed or lost
 ///   the lease) is dead-lettered without calling the handler, so a poison job that kills
 ///   the process cannot do so forever;
-/// - [`Handled::Done`] jobs of the batch are acked together in one call once the whole batch
-///   is handled; [`Handled::AckedInTransaction`] jobs are left alone;
+/// - [`Handled::Done`] jobs are acked together: before every claim, whenever the worker
+///   runs out of work, and (while the queue is empty) once a quarter of the capacity is
+///   done;
+///   [`Handled::AckedInTransaction`] jobs are left alone;
 /// - [`JobError::Transient`] (and a handler that panics or exceeds `job_timeout`) is
 ///   retried after [`RetryPolicy::backoff`], [`JobError::RetryAfter`] after its own delay,
 ///   and both are dead-lettered instead when the attempt was the last one;
 ///   [`JobError::Permanent`] is dead-lettered at once;
-/// - while the batch runs, the leases of its unfinished jobs are extended every third of
-///   `config.lease`.
+/// - the leases of held jobs are extended every third of `config.lease`.
 ///
-/// When a claim comes back short of a full batch (the queue had no more due jobs), the
-/// worker waits on [`JobQueue::wait_for_jobs`] for up to `config.idle_poll`, or until
-/// `shutdown`, before claiming again: a wake-up from an enqueue during the batch ends the
-/// wait at once, and an idle queue costs no empty claims.
+/// When a claim comes back short (the queue had no more due jobs), the worker claims again
+/// only after [`JobQueue::wait_for_jobs`] returns (a wake-up, or `config.idle_poll` for
+/// scheduled retries): a wake-up from an enqueue meanwhile ends the wait at once, and an
+/// idle queue costs no empty claims.
 ///
-/// Cancellation is observed only between batches and while idle: a batch in progress is
-/// finished and acked first (graceful shutdown). To bound the wait, the caller can drop the
-/// future after a grace period; the jobs it held come back after their leases.
+/// On `shutdown` the worker stops claiming, finishes and acks the jobs it holds, then
+/// returns (graceful shutdown). To bound the wait, the caller can drop the future after a
+/// grace period; the jobs it held come back after their leases.
 ///
 /// Storage errors never stop the worker: a failed claim is logged, counted in
 /// `igl_worker_storage_errors_total` and retried after an exponential backoff (50 ms to
@@ -201,44 +206,105 @@ impl Runtime {
         }
     }
 
+    /// How many jobs the worker holds at most (claimed and not yet acked, retried or
+    /// dead-lettered), and how many must be free before it claims again. A batched handler
+    /// takes a whole claim at once, so its worker claims only when it holds nothing.
+    fn capacity(&self) -> (usize, usize) {
+        if self.handler.batched() {
+            (self.config.claim_batch, self.config.claim_batch)
+        } else {
+            let capacity = self.config.concurrency.max(self.config.claim_batch);
+            (capacity, (capacity / 4).max(1))
+        }
+    }
+
     async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        let (capacity, refill) = self.capacity();
         info!(
             concurrency = self.config.concurrency,
             claim_batch = self.config.claim_batch,
+            capacity,
             "worker started"
         );
+        let mut flight = Flight::default();
+        let mut heartbeat = self.heartbeat();
         let mut failed_claims: u32 = 0;
-        // Whether to claim again at once. After a claim that came back short of a full
-        // batch the queue had nothing more, so the next claim waits for a wake-up (an
-        // enqueue during the batch leaves one behind) or `idle_poll` (scheduled retries).
-        let mut claim_now = true;
-        while !shutdown.is_cancelled() {
-            if !claim_now {
-                tokio::select! {
-                    biased;
-                    () = shutdown.cancelled() => break,
-                    () = self.queue.wait_for_jobs(&self.config.queue, self.config.idle_poll) => {}
-                }
+        // The end of the backoff after a failed claim.
+        let mut backoff: Option<tokio::time::Instant> = None;
+        // Whether the last claim came back short: the queue had nothing more due, so the
+        // next claim waits for a wake-up (an enqueue meanwhile leaves one behind) or
+        // `idle_poll` (scheduled retries).
+        let mut queue_empty = false;
+        let mut stopping = false;
+        loop {
+            stopping |= shutdown.is_cancelled();
+            // Everything that finished meanwhile first, so that the next claim (and the
+            // ack before it) covers all the room there is: fast handlers claim and ack in
+            // whole batches, like slow ones.
+            while let Some(joined) = flight.running.try_join_next_with_id() {
+                flight.record(joined);
             }
-            let jobs = match self.claim().await {
-                Ok(jobs) => {
-                    failed_claims = 0;
-                    jobs
-                }
-                Err(store_error) => {
-                    self.storage_error("claim", &store_error);
-                    failed_claims = failed_claims.saturating_add(1);
-                    let delay = STORAGE_BACKOFF.backoff(failed_claims, &mut rand::rng());
-                    claim_now = true;
-                    tokio::select! {
-                        () = shutdown.cancelled() => break,
-                        () = tokio::time::sleep(delay) => continue,
+            flight.start(&self);
+            let room = flight.room(capacity);
+            if !stopping && !queue_empty && backoff.is_none() && room >= refill {
+                // Acking first frees the leases (and a broker's prefetch window) at once.
+                flight.flush_acks(&self, ACK_ATTEMPTS).await;
+                let max = flight.room(capacity).min(self.config.claim_batch);
+                match self.claim(max).await {
+                    Ok(jobs) => {
+                        failed_claims = 0;
+                        queue_empty = jobs.len() < max;
+                        flight.add(jobs);
+                    }
+                    Err(store_error) => {
+                        self.storage_error("claim", &store_error);
+                        failed_claims = failed_claims.saturating_add(1);
+                        let delay = STORAGE_BACKOFF.backoff(failed_claims, &mut rand::rng());
+                        backoff = Some(tokio::time::Instant::now() + delay);
                     }
                 }
-            };
-            claim_now = jobs.len() >= self.config.claim_batch;
-            if !jobs.is_empty() {
-                self.process_batch(jobs, ACK_ATTEMPTS).await;
+                continue;
+            }
+            if flight.running.is_empty() {
+                // Idle: nothing claimed is unfinished.
+                flight.flush_acks(&self, ACK_ATTEMPTS).await;
+                if stopping {
+                    break;
+                }
+                if let Some(until) = backoff {
+                    tokio::select! {
+                        () = shutdown.cancelled() => stopping = true,
+                        () = tokio::time::sleep_until(until) => backoff = None,
+                    }
+                } else if queue_empty {
+                    tokio::select! {
+                        biased;
+                        () = shutdown.cancelled() => stopping = true,
+                        () = self.queue.wait_for_jobs(&self.config.queue, self.config.idle_poll) => {
+                            queue_empty = false;
+                        }
+                    }
+                }
+                continue;
+            }
+            let may_wait_for_jobs = !stopping && queue_empty && backoff.is_none() && room >= refill;
+            tokio::select! {
+                joined = flight.running.join_next_with_id() => {
+                    if let Some(joined) = joined {
+                        flight.record(joined);
+                    }
+                    // The next claim acks first; without one coming (the queue is empty),
+                    // done jobs are released once a quarter of the capacity is done.
+                    if queue_empty && flight.to_ack.len() >= refill {
+                        flight.flush_acks(&self, ACK_ATTEMPTS).await;
+                    }
+                }
+                _ = heartbeat.tick() => self.extend_leases(&mut flight.held).await,
+                () = self.queue.wait_for_jobs(&self.config.queue, self.config.idle_poll),
+                    if may_wait_for_jobs => queue_empty = false,
+                () = async { tokio::time::sleep_until(backoff.unwrap_or_else(tokio::time::Instant::now)).await },
+                    if backoff.is_some() => backoff = None,
+                () = shutdown.cancelled(), if !stopping => stopping = true,
             }
         }
         info!("worker stopped");
@@ -247,9 +313,12 @@ impl Runtime {
     async fn drain(self: Arc<Self>) -> Result<DrainReport, WorkerError> {
         let mut total = DrainReport::default();
         loop {
-            let jobs = self.claim().await.inspect_err(|store_error| {
-                self.storage_error("claim", store_error);
-            })?;
+            let jobs = self
+                .claim(self.config.claim_batch)
+                .await
+                .inspect_err(|store_error| {
+                    self.storage_error("claim", store_error);
+                })?;
             if jobs.is_empty() {
                 debug!(?total, "queue drained");
                 return Ok(total);
@@ -262,14 +331,18 @@ impl Runtime {
         }
     }
 
-    async fn claim(&self) -> Result<Vec<ClaimedJob>, StoreError> {
+    async fn claim(&self, max: usize) -> Result<Vec<ClaimedJob>, StoreError> {
         self.queue
-            .claim(
-                &self.config.queue,
-                self.config.claim_batch,
-                self.config.lease,
-            )
+            .claim(&self.config.queue, max, self.config.lease)
             .await
+    }
+
+    /// Extends the leases of held jobs every third of the lease.
+    fn heartbeat(&self) -> tokio::time::Interval {
+        let period = (self.config.lease / 3).max(MIN_HEARTBEAT);
+        let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        heartbeat
     }
 
     /// Handles a claimed batch with up to `concurrency` jobs in flight, extending the leases
@@ -279,78 +352,22 @@ impl Runtime {
         jobs: Vec<ClaimedJob>,
         ack_attempts: u32,
     ) -> BatchReport {
-        let mut report = BatchReport::default();
-        report.counts.claimed = jobs.len() as u64;
-        // Every job whose lease this batch still needs: not yet finished, or done and
-        // waiting for the batch ack.
-        let mut held: HashMap<JobId, JobReceipt> =
-            jobs.iter().map(|job| (job.id, job.receipt())).collect();
-        let mut to_ack = Vec::with_capacity(jobs.len());
-        let mut waiting = jobs.into_iter();
-        let mut running = JoinSet::new();
-        let heartbeat_period = (self.config.lease / 3).max(MIN_HEARTBEAT);
-        let mut heartbeat = tokio::time::interval_at(
-            tokio::time::Instant::now() + heartbeat_period,
-            heartbeat_period,
-        );
-        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
-
-        if self.handler.batched() {
-            let jobs: Vec<ClaimedJob> = waiting.by_ref().collect();
-            let span = info_span!("batch", worker = self.handler.name(), jobs = jobs.len());
-            running.spawn(Arc::clone(self).handle_jobs(jobs).instrument(span));
-        }
+        let mut flight = Flight::default();
+        flight.add(jobs);
+        let mut heartbeat = self.heartbeat();
         loop {
-            while running.len() < self.config.concurrency {
-                let Some(job) = waiting.next() else { break };
-                let span = job_span(self.handler.name(), &job);
-                running.spawn(Arc::clone(self).handle_job(job).instrument(span));
-            }
+            flight.start(self);
             tokio::select! {
-                joined = running.join_next() => {
+                joined = flight.running.join_next_with_id() => {
                     // Nothing running means nothing waiting either (concurrency >= 1).
                     let Some(joined) = joined else { break };
-                    match joined {
-                        Ok(outcomes) => {
-                            for (job_id, outcome) in outcomes {
-                                if !matches!(outcome, JobOutcome::Ack(_)) {
-                                    held.remove(&job_id);
-                                }
-                                report.record(outcome, &mut to_ack);
-                            }
-                        }
-                        // Handler panics are caught inside the task, so this is the
-                        // runtime shutting down; the job comes back after its lease.
-                        Err(join_error) => error!(error = %join_error, "job task failed"),
-                    }
+                    flight.record(joined);
                 }
-                _ = heartbeat.tick() => self.extend_leases(&mut held).await,
+                _ = heartbeat.tick() => self.extend_leases(&mut flight.held).await,
             }
         }
-
-        if !to_ack.is_empty() {
-            match self.ack(&to_ack, ack_attempts).await {
-                Ok(acked) => {
-                    let lost = (to_ack.len() as u64).saturating_sub(acked);
-                    if lost > 0 {
-                        warn!(
-                            lost,
-                            "leases lost before ack, those jobs will be handled again"
-                        );
-                        report.counts.leases_lost += lost;
-                    }
-                }
-                Err(store_error) => {
-                    error!(
-                        jobs = to_ack.len(),
-                        error = %error_chain(&store_error),
-                        "giving up acking a batch, its jobs will be handled again after their leases"
-                    );
-                    report.storage_error.get_or_insert(store_error);
-                }
-            }
-        }
-        report
+        flight.flush_acks(self, ack_attempts).await;
+        flight.report
     }
 
     /// Acks `receipts`, trying up to `attempts` times with backoff.
@@ -586,6 +603,129 @@ impl Runtime {
             warn!(operation, error = %chain, "job queue unavailable");
         } else {
             error!(operation, error = %chain, "job queue failed");
+        }
+    }
+}
+
+/// The jobs a worker holds: claimed and waiting for a free slot, being handled, or handled
+/// and waiting for the ack that releases them.
+#[derive(Default)]
+struct Flight {
+    /// Claimed, not started yet (all slots busy).
+    waiting: VecDeque<ClaimedJob>,
+    running: JoinSet<Vec<(JobId, JobOutcome)>>,
+    /// The jobs of each running task, to account for a task that never reports.
+    tasks: HashMap<tokio::task::Id, Vec<JobId>>,
+    /// Claimed jobs without an outcome yet (waiting or running).
+    unfinished: usize,
+    /// Every job whose lease the worker still needs (extended by the heartbeat): not yet
+    /// finished, or done and waiting in `to_ack`.
+    held: HashMap<JobId, JobReceipt>,
+    /// Done jobs, acked together.
+    to_ack: Vec<JobReceipt>,
+    report: BatchReport,
+}
+
+impl Flight {
+    fn add(&mut self, jobs: Vec<ClaimedJob>) {
+        self.report.counts.claimed += jobs.len() as u64;
+        self.unfinished += jobs.len();
+        for job in jobs {
+            self.held.insert(job.id, job.receipt());
+            self.waiting.push_back(job);
+        }
+    }
+
+    /// How many more jobs the worker may claim.
+    fn room(&self, capacity: usize) -> usize {
+        capacity.saturating_sub(self.unfinished + self.to_ack.len())
+    }
+
+    /// Starts waiting jobs while slots are free: each on its own task, or all of them as
+    /// one batch for a batched handler.
+    fn start(&mut self, runtime: &Arc<Runtime>) {
+        if runtime.handler.batched() {
+            if self.waiting.is_empty() {
+                return;
+            }
+            let jobs: Vec<ClaimedJob> = self.waiting.drain(..).collect();
+            let ids = jobs.iter().map(|job| job.id).collect();
+            let span = info_span!("batch", worker = runtime.handler.name(), jobs = jobs.len());
+            let task = self
+                .running
+                .spawn(Arc::clone(runtime).handle_jobs(jobs).instrument(span));
+            self.tasks.insert(task.id(), ids);
+            return;
+        }
+        while self.running.len() < runtime.config.concurrency {
+            let Some(job) = self.waiting.pop_front() else {
+                break;
+            };
+            let span = job_span(runtime.handler.name(), &job);
+            let id = job.id;
+            let task = self
+                .running
+                .spawn(Arc::clone(runtime).handle_job(job).instrument(span));
+            self.tasks.insert(task.id(), vec![id]);
+        }
+    }
+
+    /// Records what a finished task made of its jobs.
+    fn record(
+        &mut self,
+        joined: Result<(tokio::task::Id, Vec<(JobId, JobOutcome)>), tokio::task::JoinError>,
+    ) {
+        match joined {
+            Ok((task, outcomes)) => {
+                self.tasks.remove(&task);
+                self.unfinished = self.unfinished.saturating_sub(outcomes.len());
+                for (job_id, outcome) in outcomes {
+                    if !matches!(outcome, JobOutcome::Ack(_)) {
+                        self.held.remove(&job_id);
+                    }
+                    self.report.record(outcome, &mut self.to_ack);
+                }
+            }
+            // Handler panics are caught inside the task, so this is the runtime shutting
+            // down; the jobs come back after their leases.
+            Err(join_error) => {
+                error!(error = %join_error, "job task failed");
+                for job_id in self.tasks.remove(&join_error.id()).unwrap_or_default() {
+                    self.held.remove(&job_id);
+                    self.unfinished = self.unfinished.saturating_sub(1);
+                }
+            }
+        }
+    }
+
+    /// Acks the done jobs in one call (retrying up to `attempts` times) and releases them.
+    async fn flush_acks(&mut self, runtime: &Runtime, attempts: u32) {
+        if self.to_ack.is_empty() {
+            return;
+        }
+        let to_ack = std::mem::take(&mut self.to_ack);
+        for receipt in &to_ack {
+            self.held.remove(&receipt.id);
+        }
+        match runtime.ack(&to_ack, attempts).await {
+            Ok(acked) => {
+                let lost = (to_ack.len() as u64).saturating_sub(acked);
+                if lost > 0 {
+                    warn!(
+                        lost,
+                        "leases lost before ack, those jobs will be handled again"
+                    );
+                    self.report.counts.leases_lost += lost;
+                }
+            }
+            Err(store_error) => {
+                error!(
+                    jobs = to_ack.len(),
+                    error = %error_chain(&store_error),
+                    "giving up acking jobs, they will be handled again after their leases"
+                );
+                self.report.storage_error.get_or_insert(store_error);
+            }
         }
     }
 }

@@ -113,14 +113,7 @@ async fn unmatched_paths_are_counted_under_one_label() {
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::NOT_FOUND);
-    let text = node
-        .anonymous(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = node.metrics().await;
     assert!(text.contains(r#"route="unmatched""#), "{text}");
     assert!(!text.contains("4f0c"));
 }

@@ -111,6 +111,18 @@ async fn a_node_on_postgres_and_rabbitmq_processes_messages_end_to_end() {
         queues["queues"].as_array().is_some_and(|q| !q.is_empty()),
         "{queues}"
     );
+    // The relay's series: every routed message's job went through the outbox.
+    let metrics = node.metrics().await;
+    let relayed: f64 = metrics
+        .lines()
+        .find(|line| line.starts_with("igl_outbox_relayed_total{queue=\"route\"}"))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or_else(|| panic!("no relayed count for route in\n{metrics}"));
+    assert!(relayed >= MESSAGES as f64, "{relayed}");
+    assert!(
+        metrics.contains("igl_outbox_publish_lag_seconds_count{queue=\"route\"}"),
+        "{metrics}"
+    );
     cleanup(&node).await;
     node.stop().await;
 }

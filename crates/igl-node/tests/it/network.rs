@@ -525,15 +525,7 @@ async fn channel_endpoint_down(mut network: TestNetwork) {
         refs.len() as u64,
         "{queues}"
     );
-    let metrics = network
-        .au
-        .anonymous(Method::GET, "/metrics")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = network.au.metrics().await;
     assert!(
         metrics.contains("igl_queue_depth{queue=\"route\",state=\"scheduled\"}"),
         "waiting route jobs are a metric"

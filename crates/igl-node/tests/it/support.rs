@@ -247,6 +247,17 @@ impl TestNode {
         self.client.request(method, self.url(path))
     }
 
+    /// The Prometheus text of `GET /metrics` (unauthenticated, like a scraper).
+    pub async fn metrics(&self) -> String {
+        self.anonymous(Method::GET, "/metrics")
+            .send()
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     /// POSTs `body` as JSON with the token.
     pub async fn post_json(&self, path: &str, body: &Value) -> Response {
         self.request(Method::POST, path)

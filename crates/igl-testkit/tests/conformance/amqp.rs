@@ -198,3 +198,51 @@ async fn reconnects_after_the_connection_is_lost() {
     assert_eq!(broker.queue.ack(&[again.receipt()]).await.unwrap(), 1);
     broker.cleanup(QUEUES).await;
 }
+
+/// Over TLS (`amqps://`, trusting the test CA) jobs travel as over plain AMQP: the
+/// conformance case for enqueue, claim and ack, and a retry through a delay tier.
+#[cfg_attr(
+    igl_skip_amqps,
+    ignore = "set IGL_TEST_AMQPS_URL and IGL_TEST_AMQP_CA_FILE to run"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_travel_over_tls() {
+    let options = igl_testkit::backends::amqps_options().expect("IGL_TEST_AMQPS_URL");
+    assert!(options.url.starts_with("amqps://"), "{options:?}");
+    let broker = igl_queue::AmqpQueue::connect(options.clone())
+        .await
+        .expect("connect over TLS with the test CA");
+    jobs::enqueue_claim_ack(&broker).await;
+    jobs::retry_with_backoff(&broker).await;
+    let broker = igl_testkit::backends::TestBroker {
+        queue: broker,
+        options,
+    };
+    broker.cleanup(QUEUES).await;
+}
+
+/// A broker whose certificate no trusted CA signed is refused, with the reason.
+#[cfg_attr(
+    igl_skip_amqps,
+    ignore = "set IGL_TEST_AMQPS_URL and IGL_TEST_AMQP_CA_FILE to run"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_untrusted_broker_certificate_is_refused() {
+    let mut options = igl_testkit::backends::amqps_options().expect("IGL_TEST_AMQPS_URL");
+    options.ca_certificates = None;
+    options.operation_timeout = Duration::from_secs(5);
+    let error = igl_queue::AmqpQueue::connect(options)
+        .await
+        .expect_err("the test CA is not a system root");
+    let mut chain = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        chain = format!("{chain}: {cause}");
+        source = cause.source();
+    }
+    let chain = chain.to_lowercase();
+    assert!(
+        chain.contains("certificate") || chain.contains("issuer"),
+        "{chain}"
+    );
+}
