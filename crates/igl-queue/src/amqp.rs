@@ -55,11 +55,10 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use futures::{FutureExt as _, StreamExt as _};
+use futures::StreamExt as _;
 use igl_core::{
     ClaimedJob, DeadLetter, JobId, JobQueue, JobReceipt, NewJob, QueueDepth, QueueName, StoreError,
 };
@@ -98,9 +97,6 @@ fn tier_for(delay: Duration) -> u64 {
 
 /// How many dead letters one listing or replay browses at most per queue.
 const BROWSE_LIMIT: usize = 10_000;
-
-/// The most `basic.get` requests a claim keeps in flight on its channel.
-const PIPELINED_GETS: usize = 32;
 
 /// A job claimed earlier than this before its due time is sent back to a delay tier.
 const DUE_TOLERANCE_MICROS: i64 = 5_000;
@@ -231,39 +227,8 @@ struct Session {
 struct QueueChannel {
     channel: Channel,
     /// Deliveries received by the consumer and not claimed yet.
-    buffer: Arc<Mutex<Received>>,
+    buffer: Arc<Mutex<VecDeque<Delivery>>>,
     consuming: tokio::sync::OnceCell<()>,
-}
-
-/// The deliveries pushed by a queue's consumer and not claimed yet.
-///
-/// Every delivery leaves the consumer's stream while this is locked (by the task that moves
-/// them here, or by [`Received::take_received`]), so a claim that locks it sees every
-/// delivery the connection has received: a `basic.get` answered "empty" after the broker
-/// pushed the queue's jobs to the consumer finds them here.
-#[derive(Default)]
-struct Received {
-    deliveries: VecDeque<Delivery>,
-    /// A handle on the consumer's stream, once it is started.
-    consumer: Option<lapin::Consumer>,
-}
-
-impl Received {
-    /// Moves what the consumer has received into `deliveries`, without waiting.
-    fn take_received(&mut self) {
-        let Some(consumer) = self.consumer.as_mut() else {
-            return;
-        };
-        while let Some(Some(Ok(delivery))) = consumer.next().now_or_never() {
-            self.deliveries.push_back(delivery);
-        }
-    }
-
-    /// The next received delivery.
-    fn pop(&mut self) -> Option<Delivery> {
-        self.take_received();
-        self.deliveries.pop_front()
-    }
 }
 
 fn unavailable(error: impl Into<igl_core::BoxError>) -> StoreError {
@@ -688,30 +653,6 @@ impl Inner {
     }
 }
 
-/// Moves the deliveries `consumer` has received into `buffer`, holding its lock while
-/// taking them: `Ready(Ok(true))` once some moved, `Ready(Ok(false))` when the consumer was
-/// cancelled, `Pending` (waker registered) when there were none.
-fn move_received(
-    buffer: &Mutex<Received>,
-    consumer: &mut lapin::Consumer,
-    cx: &mut std::task::Context<'_>,
-) -> Poll<Result<bool, lapin::Error>> {
-    let mut received = buffer.lock().expect("buffer lock");
-    let mut moved = false;
-    loop {
-        match consumer.poll_next_unpin(cx) {
-            Poll::Ready(Some(Ok(delivery))) => {
-                received.deliveries.push_back(delivery);
-                moved = true;
-            }
-            Poll::Ready(Some(Err(error))) => return Poll::Ready(Err(error)),
-            Poll::Ready(None) => return Poll::Ready(Ok(false)),
-            Poll::Pending if moved => return Poll::Ready(Ok(true)),
-            Poll::Pending => return Poll::Pending,
-        }
-    }
-}
-
 /// Opens a connection (TLS for `amqps://`, trusting `ca_certificates` too).
 async fn connect(
     options: &AmqpOptions,
@@ -953,45 +894,28 @@ impl JobQueue for AmqpQueue {
             // the rest one `basic.get` round trip at a time would only slow the claim down.
             return Ok(claimed);
         }
-        // Pull: the first `basic.get` tells how many more are ready; those are fetched
-        // with up to `PIPELINED_GETS` gets in flight at once, so a backlog drains at
-        // close to push speed instead of one round trip per job.
         let name = self.inner.name(queue);
-        let get = || {
-            self.inner.call(
-                "basic.get",
-                claim_channel
-                    .channel
-                    .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false }),
-            )
-        };
-        let mut ready = 1;
-        while claimed.len() < max && ready > 0 {
-            let gets = (max - claimed.len()).min(ready).min(PIPELINED_GETS);
-            let results = futures::future::join_all((0..gets).map(|_| get())).await;
-            ready = 0;
-            let mut first_error = None;
-            for result in results {
-                match result {
-                    Ok(Some(got)) => {
-                        ready = got.message_count as usize;
-                        self.inner
-                            .accept(queue, got.delivery, lease, &mut claimed)
-                            .await?;
-                    }
-                    Ok(None) => {}
-                    Err(error) => {
-                        first_error.get_or_insert(error);
-                    }
-                }
-            }
-            if let Some(error) = first_error {
-                // What was fetched stays leased (returned after its lease) unless the
-                // connection is gone, when the broker returns it at once.
-                return Err(error);
+        while claimed.len() < max {
+            let got = self
+                .inner
+                .call(
+                    "basic.get",
+                    claim_channel
+                        .channel
+                        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false }),
+                )
+                .await?;
+            let Some(got) = got else { break };
+            let remaining = got.message_count;
+            self.inner
+                .accept(queue, got.delivery, lease, &mut claimed)
+                .await?;
+            if remaining == 0 {
+                break;
             }
         }
-        // With a consumer running, the broker may have pushed jobs to it meanwhile.
+        // With a consumer running, the broker may have pushed jobs to it meanwhile (not
+        // ordered against the gets' replies: a quorum queue's pushes are not).
         self.take_buffered(queue, &claim_channel, max, lease, &mut claimed)
             .await?;
         Ok(claimed)
@@ -1141,11 +1065,7 @@ impl JobQueue for AmqpQueue {
             .values()
             .filter(|lease| &lease.queue == queue)
             .count() as u64;
-        let buffered = {
-            let mut received = claim_channel.buffer.lock().expect("buffer lock");
-            received.take_received();
-            received.deliveries.len() as u64
-        };
+        let buffered = claim_channel.buffer.lock().expect("buffer lock").len() as u64;
         Ok(QueueDepth {
             ready,
             scheduled,
@@ -1174,13 +1094,7 @@ impl JobQueue for AmqpQueue {
             tokio::time::sleep(timeout.min(Duration::from_secs(1))).await;
             return;
         }
-        if !claim_channel
-            .buffer
-            .lock()
-            .expect("buffer lock")
-            .deliveries
-            .is_empty()
-        {
+        if !claim_channel.buffer.lock().expect("buffer lock").is_empty() {
             return;
         }
         let _ = tokio::time::timeout(timeout, notified).await;
@@ -1229,24 +1143,20 @@ impl AmqpQueue {
             )
             .await?;
         let buffer = claim_channel.buffer.clone();
-        buffer.lock().expect("buffer lock").consumer = Some(consumer.clone());
         let queue = queue.clone();
         tokio::spawn(async move {
-            // Moves deliveries into the buffer while holding its lock (see `Received`),
-            // then wakes the waiting workers.
-            loop {
-                let moved =
-                    std::future::poll_fn(|cx| move_received(&buffer, &mut consumer, cx)).await;
-                match moved {
-                    Ok(true) => wakeup.notify_waiters(),
-                    Ok(false) => break,
+            while let Some(delivery) = consumer.next().await {
+                match delivery {
+                    Ok(delivery) => {
+                        buffer.lock().expect("buffer lock").push_back(delivery);
+                        wakeup.notify_waiters();
+                    }
                     Err(error) => {
                         debug!(queue = %queue, %error, "consumer stopped");
                         break;
                     }
                 }
             }
-            buffer.lock().expect("buffer lock").consumer = None;
             wakeup.notify_waiters();
         });
         Ok(())
@@ -1262,7 +1172,11 @@ impl AmqpQueue {
         claimed: &mut Vec<ClaimedJob>,
     ) -> Result<(), StoreError> {
         while claimed.len() < max {
-            let buffered = claim_channel.buffer.lock().expect("buffer lock").pop();
+            let buffered = claim_channel
+                .buffer
+                .lock()
+                .expect("buffer lock")
+                .pop_front();
             let Some(delivery) = buffered else { break };
             if delivery.acker.usable() {
                 self.inner.accept(queue, delivery, lease, claimed).await?;

@@ -236,6 +236,12 @@ impl Runtime {
         // `idle_poll` (scheduled retries).
         let mut queue_empty = false;
         let mut stopping = false;
+        // Lets a broker start pushing before the first claim (RabbitMQ starts the queue's
+        // consumer here), so a worker that starts on a backlog, and never goes idle, is not
+        // left pulling one job per round trip; a no-op wait elsewhere.
+        self.queue
+            .wait_for_jobs(&self.config.queue, Duration::ZERO)
+            .await;
         loop {
             stopping |= shutdown.is_cancelled();
             // Everything that finished meanwhile first, so that the next claim (and the
