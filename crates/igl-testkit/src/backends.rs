@@ -77,6 +77,14 @@ pub struct TestBroker {
 }
 
 impl TestBroker {
+    /// Connects a queue with `options` (panics when the broker cannot be reached).
+    pub async fn connect(options: igl_queue::AmqpOptions) -> Self {
+        let queue = igl_queue::AmqpQueue::connect(options.clone())
+            .await
+            .expect("connect to rabbitmq");
+        TestBroker { queue, options }
+    }
+
     /// Deletes the queues `names` of this test from the broker (call at the end of a test
     /// that passed; CI also starts every run on a fresh vhost).
     pub async fn cleanup(&self, names: &[&str]) {
@@ -99,10 +107,7 @@ pub async fn amqp() -> TestBroker {
     let mut options = igl_queue::AmqpOptions::new(url);
     options.prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
     options.connection_name = "igl-testkit".into();
-    let queue = igl_queue::AmqpQueue::connect(options.clone())
-        .await
-        .expect("connect to rabbitmq");
-    TestBroker { queue, options }
+    TestBroker::connect(options).await
 }
 
 /// Environment variable naming a TLS listener of the test RabbitMQ

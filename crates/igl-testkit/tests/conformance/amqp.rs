@@ -209,15 +209,9 @@ async fn reconnects_after_the_connection_is_lost() {
 async fn jobs_travel_over_tls() {
     let options = igl_testkit::backends::amqps_options().expect("IGL_TEST_AMQPS_URL");
     assert!(options.url.starts_with("amqps://"), "{options:?}");
-    let broker = igl_queue::AmqpQueue::connect(options.clone())
-        .await
-        .expect("connect over TLS with the test CA");
-    jobs::enqueue_claim_ack(&broker).await;
-    jobs::retry_with_backoff(&broker).await;
-    let broker = igl_testkit::backends::TestBroker {
-        queue: broker,
-        options,
-    };
+    let broker = igl_testkit::backends::TestBroker::connect(options).await;
+    jobs::enqueue_claim_ack(&broker.queue).await;
+    jobs::retry_with_backoff(&broker.queue).await;
     broker.cleanup(QUEUES).await;
 }
 
