@@ -113,6 +113,22 @@ impl Group {
     pub fn serves_http(&self) -> bool {
         self.components.iter().any(|component| component.is_api())
     }
+
+    /// `database.max_connections` of each process of the group, given that of a worker:
+    /// four times for API processes (concurrent requests), three times for routers and
+    /// deliverers (each has dozens of jobs in flight, every one a read and a unit of work:
+    /// with the worker default they queue for connections), the worker default otherwise.
+    pub fn max_connections(&self, worker_connections: u32) -> u32 {
+        let busy =
+            |component: &Component| matches!(component, Component::Router | Component::Deliverer);
+        if self.serves_http() {
+            worker_connections * 4
+        } else if self.components.iter().any(busy) {
+            worker_connections * 3
+        } else {
+            worker_connections
+        }
+    }
 }
 
 /// The process layout of each node: one process for the APIs and one group per worker,
@@ -184,8 +200,9 @@ pub struct ClusterOptions {
     pub layout: Vec<Group>,
     /// The log filter of every process (`[log] filter`).
     pub log_filter: String,
-    /// `database.max_connections` of a worker process (routers get three times, API
-    /// processes and each channel endpoint pool four times as many): the cluster opens
+    /// `database.max_connections` of a worker process (routers and deliverers get three
+    /// times, API processes and each channel endpoint pool four times as many,
+    /// [`Group::max_connections`]): the cluster opens
     /// `2 × Σ replicas` pools on one server, which must allow it.
     pub worker_connections: u32,
     /// `queue.lease_secs`: how long a job leased by a process that died stays invisible (for
@@ -696,23 +713,16 @@ impl Cluster {
                     for component in &group.components {
                         args.push(format!("--component={}", component.as_str()));
                     }
-                    let mut env = Vec::new();
-                    if group.components == [Component::Router] {
-                        // 16 route jobs in flight, each a read, a channel POST and a unit
-                        // of work: with the worker default they queue for connections.
-                        env.push((
-                            "IGL_DATABASE__MAX_CONNECTIONS".into(),
-                            (options.worker_connections * 3).to_string(),
-                        ));
-                    }
+                    let mut env = vec![(
+                        "IGL_DATABASE__MAX_CONNECTIONS".to_owned(),
+                        group
+                            .max_connections(options.worker_connections)
+                            .to_string(),
+                    )];
                     if group.serves_http() {
                         let port = ports[code][port_index];
                         port_index += 1;
                         env.push(("IGL_HTTP__BIND".into(), format!("127.0.0.1:{port}")));
-                        env.push((
-                            "IGL_DATABASE__MAX_CONNECTIONS".into(),
-                            (options.worker_connections * 4).to_string(),
-                        ));
                     }
                     let name = format!("{code}/{}#{replica}", group.name);
                     let serves_http = group.serves_http();
@@ -1043,6 +1053,20 @@ mod tests {
             .map(|g| g.name.as_str())
             .collect();
         assert_eq!(serving, ["api"]);
+    }
+
+    #[test]
+    fn busy_groups_get_larger_pools() {
+        let pools: Vec<(String, u32)> = default_layout()
+            .iter()
+            .map(|group| (group.name.clone(), group.max_connections(4)))
+            .collect();
+        let pool = |name: &str| pools.iter().find(|(n, _)| n == name).unwrap().1;
+        assert_eq!(pool("api"), 16);
+        assert_eq!(pool("router"), 12);
+        assert_eq!(pool("deliverer"), 12);
+        assert_eq!(pool("processor"), 4);
+        assert_eq!(pool("relay"), 4);
     }
 
     #[test]

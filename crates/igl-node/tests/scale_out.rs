@@ -17,7 +17,9 @@
 //!
 //! Needs `IGL_TEST_POSTGRES_URL`, `IGL_TEST_AMQP_URL` and `IGL_TEST_S3_*` (ignored, with the
 //! reason, otherwise); `IGL_CHAOS_SEED` replays a run's choice of victims and pauses.
-//! `IGL_SCALE_OUT_MESSAGES` changes the number of messages (default 2,000).
+//! `IGL_SCALE_OUT_MESSAGES` changes the number of messages (default 2,000);
+//! `IGL_SCALE_OUT_KEEP=1` keeps the configuration and process logs after a passing run too
+//! (a failing run always keeps them).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -699,6 +701,12 @@ async fn every_acknowledged_message_arrives_exactly_once_while_workers_are_kille
     match crash_run(directory.path()).await {
         Ok(report) => {
             print!("{report}");
+            if std::env::var_os("IGL_SCALE_OUT_KEEP").is_some() {
+                println!(
+                    "configuration and process logs kept in {}",
+                    directory.keep().display()
+                );
+            }
             let file =
                 std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("scale-out-report.txt");
             std::fs::write(&file, &report).unwrap();

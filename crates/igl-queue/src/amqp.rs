@@ -22,10 +22,11 @@
 //!   [`JobQueue::wait_for_jobs`], `basic.qos` = [`AmqpOptions::prefetch`]); when there are
 //!   none it pulls with `basic.get` until it has `max` or the queue is empty — so a claim
 //!   right after an enqueue sees every confirmed job, in order;
-//! - a **lease** is an unacked delivery plus a local deadline: when the deadline passes
-//!   without an ack, retry, dead-letter or extension, the adapter returns the delivery to
-//!   the queue (`basic.nack requeue`), the broker counts the redelivery (`x-delivery-count`,
-//!   so `attempt` grows) and the old receipt stops working. When this process dies or its
+//! - a **lease** is an unacked delivery plus a local deadline, counted from the end of the
+//!   claim however long the claim took: when the deadline passes without an ack, retry,
+//!   dead-letter or extension, the adapter returns the delivery to the queue
+//!   (`basic.nack requeue`), the broker counts the redelivery (`x-delivery-count`, so
+//!   `attempt` grows) and the old receipt stops working. When this process dies or its
 //!   connection drops, the broker returns every unacked delivery at once;
 //! - **retry** and **dead-letter** publish a copy (to a delay tier or the dead-letter
 //!   queue, with the attempt count and the error), wait for its confirm, then ack the
@@ -212,6 +213,17 @@ struct Lease {
     deadline: Instant,
     message: JobMessage,
     attempt: u32,
+}
+
+/// What a claim has gathered so far.
+#[derive(Default)]
+struct Claim {
+    jobs: Vec<ClaimedJob>,
+    /// The leases of `jobs`, keyed by lease token; they start when the claim ends.
+    leases: Vec<(i64, Lease)>,
+    /// Jobs that came back from a delay tier before their due time: the route of the tier
+    /// they go back to, the copy to publish there, and the delivery to ack after that.
+    early: Vec<(String, JobMessage, Acker)>,
 }
 
 /// One connection with its channels.
@@ -505,13 +517,14 @@ impl Inner {
         next
     }
 
-    /// Turns a delivery into a claimed job (or deals with it when it is not one).
+    /// Sorts a delivery into `claim`: a job (its lease starts when the claim ends), a job
+    /// that came back from a tier before its due time, or a message that is not a job
+    /// (rejected, so the broker dead-letters it).
     async fn accept(
         &self,
         queue: &QueueName,
         delivery: Delivery,
-        lease: Duration,
-        claimed: &mut Vec<ClaimedJob>,
+        claim: &mut Claim,
     ) -> Result<(), StoreError> {
         let (message, redeliveries) = match JobMessage::decode(&delivery.properties, &delivery.data)
         {
@@ -524,35 +537,93 @@ impl Inner {
                 return Ok(());
             }
         };
-        if let Some(due) = message.due_micros {
-            let early = due - now_micros();
-            if early > DUE_TOLERANCE_MICROS {
-                // Came back from a tier before its due time: wait for the rest.
-                let delay = Duration::from_micros(u64::try_from(early).unwrap_or(0));
-                let route = self.route_for(queue, delay);
-                self.publish(&[(route, message)]).await?;
-                self.call("basic.ack", delivery.acker.ack(BasicAckOptions::default()))
-                    .await?;
-                return Ok(());
-            }
-        }
         let attempt = message
             .attempts
             .saturating_add(redeliveries)
             .saturating_add(1);
+        if let Some(due) = message.due_micros {
+            let early = due - now_micros();
+            if early > DUE_TOLERANCE_MICROS {
+                // Came back from a tier before its due time: it waits for the rest (keeping
+                // the count of its earlier deliveries).
+                let delay = Duration::from_micros(u64::try_from(early).unwrap_or(0));
+                let route = self.route_for(queue, delay);
+                let copy = JobMessage {
+                    attempts: attempt - 1,
+                    ..message
+                };
+                claim.early.push((route, copy, delivery.acker));
+                return Ok(());
+            }
+        }
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
-        claimed.push(message.claimed(attempt, token));
-        self.put_lease(
+        claim.jobs.push(message.claimed(attempt, token));
+        claim.leases.push((
             token,
             Lease {
                 id: message.id,
                 queue: queue.clone(),
                 acker: delivery.acker,
-                deadline: Instant::now() + lease,
+                // Set when the claim ends.
+                deadline: Instant::now(),
                 message,
                 attempt,
             },
-        );
+        ));
+        Ok(())
+    }
+
+    /// Ends a claim: sends the early jobs back to their tiers (published together, then
+    /// acked), then starts the leases of the claimed jobs, so that a slow claim never
+    /// hands out a lease that is already running out. When `outcome` is an error (or
+    /// sending back fails) the claimed jobs are returned to their queue at once instead.
+    async fn finish_claim(
+        &self,
+        claim: Claim,
+        lease: Duration,
+        outcome: Result<(), StoreError>,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        let Claim {
+            jobs,
+            leases,
+            early,
+        } = claim;
+        let outcome = match outcome {
+            Ok(()) => self.send_back_early(early).await,
+            // Unacked, the early jobs return to their queue with the channel or the reaper.
+            Err(error) => Err(error),
+        };
+        let deadline = match outcome {
+            Ok(()) => Instant::now() + lease,
+            // Expired at once: the reaper returns them to their queue.
+            Err(_) => Instant::now(),
+        };
+        for (token, mut held) in leases {
+            held.deadline = deadline;
+            self.put_lease(token, held);
+        }
+        outcome.map(|()| jobs)
+    }
+
+    /// Publishes the early jobs to their tiers (waiting for every confirm), then acks the
+    /// deliveries they came in.
+    async fn send_back_early(
+        &self,
+        early: Vec<(String, JobMessage, Acker)>,
+    ) -> Result<(), StoreError> {
+        if early.is_empty() {
+            return Ok(());
+        }
+        let (messages, ackers): (Vec<_>, Vec<_>) = early
+            .into_iter()
+            .map(|(route, message, acker)| ((route, message), acker))
+            .unzip();
+        // A failed publish leaves the deliveries unacked: they come back (at least once).
+        self.publish(&messages).await?;
+        for acker in ackers {
+            self.call("basic.ack", acker.ack(BasicAckOptions::default()))
+                .await?;
+        }
         Ok(())
     }
 
@@ -886,39 +957,9 @@ impl JobQueue for AmqpQueue {
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
         let claim_channel = self.inner.queue_channel(queue).await?;
-        let mut claimed = Vec::new();
-        self.take_buffered(queue, &claim_channel, max, lease, &mut claimed)
-            .await?;
-        if !claimed.is_empty() {
-            // Push mode (a consumer is prefetching): what it delivered is the batch; pulling
-            // the rest one `basic.get` round trip at a time would only slow the claim down.
-            return Ok(claimed);
-        }
-        let name = self.inner.name(queue);
-        while claimed.len() < max {
-            let got = self
-                .inner
-                .call(
-                    "basic.get",
-                    claim_channel
-                        .channel
-                        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false }),
-                )
-                .await?;
-            let Some(got) = got else { break };
-            let remaining = got.message_count;
-            self.inner
-                .accept(queue, got.delivery, lease, &mut claimed)
-                .await?;
-            if remaining == 0 {
-                break;
-            }
-        }
-        // With a consumer running, the broker may have pushed jobs to it meanwhile (not
-        // ordered against the gets' replies: a quorum queue's pushes are not).
-        self.take_buffered(queue, &claim_channel, max, lease, &mut claimed)
-            .await?;
-        Ok(claimed)
+        let mut claim = Claim::default();
+        let outcome = self.gather(queue, &claim_channel, max, &mut claim).await;
+        self.inner.finish_claim(claim, lease, outcome).await
     }
 
     async fn ack(&self, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
@@ -1163,15 +1204,52 @@ impl AmqpQueue {
     }
 
     /// Claims (up to `max` in all) deliveries the consumer has received.
+    /// Gathers up to `max` jobs of `queue` into `claim`: what the consumer has prefetched,
+    /// else pulled with `basic.get` until the queue is empty.
+    async fn gather(
+        &self,
+        queue: &QueueName,
+        claim_channel: &QueueChannel,
+        max: usize,
+        claim: &mut Claim,
+    ) -> Result<(), StoreError> {
+        self.take_buffered(queue, claim_channel, max, claim).await?;
+        if !claim.jobs.is_empty() {
+            // Push mode (a consumer is prefetching): what it delivered is the batch; pulling
+            // the rest one `basic.get` round trip at a time would only slow the claim down.
+            return Ok(());
+        }
+        let name = self.inner.name(queue);
+        while claim.jobs.len() < max {
+            let got = self
+                .inner
+                .call(
+                    "basic.get",
+                    claim_channel
+                        .channel
+                        .basic_get(name.as_str().into(), BasicGetOptions { no_ack: false }),
+                )
+                .await?;
+            let Some(got) = got else { break };
+            let remaining = got.message_count;
+            self.inner.accept(queue, got.delivery, claim).await?;
+            if remaining == 0 {
+                break;
+            }
+        }
+        // With a consumer running, the broker may have pushed jobs to it meanwhile (not
+        // ordered against the gets' replies: a quorum queue's pushes are not).
+        self.take_buffered(queue, claim_channel, max, claim).await
+    }
+
     async fn take_buffered(
         &self,
         queue: &QueueName,
         claim_channel: &QueueChannel,
         max: usize,
-        lease: Duration,
-        claimed: &mut Vec<ClaimedJob>,
+        claim: &mut Claim,
     ) -> Result<(), StoreError> {
-        while claimed.len() < max {
+        while claim.jobs.len() < max {
             let buffered = claim_channel
                 .buffer
                 .lock()
@@ -1179,7 +1257,7 @@ impl AmqpQueue {
                 .pop_front();
             let Some(delivery) = buffered else { break };
             if delivery.acker.usable() {
-                self.inner.accept(queue, delivery, lease, claimed).await?;
+                self.inner.accept(queue, delivery, claim).await?;
             }
         }
         Ok(())

@@ -76,7 +76,8 @@ impl DrainReport {
 ///   retried after [`RetryPolicy::backoff`], [`JobError::RetryAfter`] after its own delay,
 ///   and both are dead-lettered instead when the attempt was the last one;
 ///   [`JobError::Permanent`] is dead-lettered at once;
-/// - the leases of held jobs are extended every third of `config.lease`.
+/// - the leases of held jobs are extended every third of `config.lease`, also while the
+///   worker waits for a claim or an ack (a slow queue call never lets them run out).
 ///
 /// When a claim comes back short (the queue had no more due jobs), the worker claims again
 /// only after [`JobQueue::wait_for_jobs`] returns (a wake-up, or `config.idle_poll` for
@@ -254,9 +255,13 @@ impl Runtime {
             let room = flight.room(capacity);
             if !stopping && !queue_empty && backoff.is_none() && room >= refill {
                 // Acking first frees the leases (and a broker's prefetch window) at once.
-                flight.flush_acks(&self, ACK_ATTEMPTS).await;
+                self.flush_acks(&mut flight, &mut heartbeat, ACK_ATTEMPTS)
+                    .await;
                 let max = flight.room(capacity).min(self.config.claim_batch);
-                match self.claim(max).await {
+                let claimed = self
+                    .beating(&mut heartbeat, &mut flight.held, self.claim(max))
+                    .await;
+                match claimed {
                     Ok(jobs) => {
                         failed_claims = 0;
                         queue_empty = jobs.len() < max;
@@ -273,7 +278,8 @@ impl Runtime {
             }
             if flight.running.is_empty() {
                 // Idle: nothing claimed is unfinished.
-                flight.flush_acks(&self, ACK_ATTEMPTS).await;
+                self.flush_acks(&mut flight, &mut heartbeat, ACK_ATTEMPTS)
+                    .await;
                 if stopping {
                     break;
                 }
@@ -302,7 +308,7 @@ impl Runtime {
                     // The next claim acks first; without one coming (the queue is empty),
                     // done jobs are released once a quarter of the capacity is done.
                     if queue_empty && flight.to_ack.len() >= refill {
-                        flight.flush_acks(&self, ACK_ATTEMPTS).await;
+                        self.flush_acks(&mut flight, &mut heartbeat, ACK_ATTEMPTS).await;
                     }
                 }
                 _ = heartbeat.tick() => self.extend_leases(&mut flight.held).await,
@@ -343,6 +349,43 @@ impl Runtime {
             .await
     }
 
+    /// Awaits `operation` (a claim, an ack) while extending the leases in `held` on every
+    /// `heartbeat` tick, so that a slow queue call never lets the leases of the other jobs
+    /// the worker holds run out.
+    async fn beating<T>(
+        &self,
+        heartbeat: &mut tokio::time::Interval,
+        held: &mut HashMap<JobId, JobReceipt>,
+        operation: impl Future<Output = T>,
+    ) -> T {
+        tokio::pin!(operation);
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut operation => return output,
+                _ = heartbeat.tick() => self.extend_leases(held).await,
+            }
+        }
+    }
+
+    /// Acks the done jobs of `flight` in one call (retrying up to `attempts` times, leases
+    /// extended meanwhile) and releases them.
+    async fn flush_acks(
+        &self,
+        flight: &mut Flight,
+        heartbeat: &mut tokio::time::Interval,
+        attempts: u32,
+    ) {
+        let to_ack = flight.take_acks();
+        if to_ack.is_empty() {
+            return;
+        }
+        let acked = self
+            .beating(heartbeat, &mut flight.held, self.ack(&to_ack, attempts))
+            .await;
+        flight.record_acks(to_ack.len(), acked);
+    }
+
     /// Extends the leases of held jobs every third of the lease.
     fn heartbeat(&self) -> tokio::time::Interval {
         let period = (self.config.lease / 3).max(MIN_HEARTBEAT);
@@ -372,7 +415,8 @@ impl Runtime {
                 _ = heartbeat.tick() => self.extend_leases(&mut flight.held).await,
             }
         }
-        flight.flush_acks(self, ack_attempts).await;
+        self.flush_acks(&mut flight, &mut heartbeat, ack_attempts)
+            .await;
         flight.report
     }
 
@@ -395,17 +439,19 @@ impl Runtime {
         }
     }
 
-    /// Extends the leases still held by the batch; forgets those that were lost.
+    /// Extends the leases still held by the batch; forgets those that are gone.
+    ///
+    /// A lease is gone either because the job's own task already acked (in its
+    /// transaction), retried or dead-lettered it, or because it expired: the first is
+    /// normal, and the second is reported when the job's outcome is recorded (its ack,
+    /// retry or dead-letter finds the lease gone), so neither is a warning here.
     async fn extend_leases(&self, held: &mut HashMap<JobId, JobReceipt>) {
         let receipts: Vec<JobReceipt> = held.values().copied().collect();
         for receipt in receipts {
             match self.queue.extend_lease(receipt, self.config.lease).await {
                 Ok(true) => {}
                 Ok(false) => {
-                    warn!(
-                        job.id = receipt.id.0,
-                        "lease lost while the job was in progress"
-                    );
+                    debug!(job.id = receipt.id.0, "lease no longer held");
                     held.remove(&receipt.id);
                 }
                 Err(store_error) => {
@@ -704,18 +750,20 @@ impl Flight {
         }
     }
 
-    /// Acks the done jobs in one call (retrying up to `attempts` times) and releases them.
-    async fn flush_acks(&mut self, runtime: &Runtime, attempts: u32) {
-        if self.to_ack.is_empty() {
-            return;
-        }
+    /// Takes the done jobs to ack; their leases are no longer extended.
+    fn take_acks(&mut self) -> Vec<JobReceipt> {
         let to_ack = std::mem::take(&mut self.to_ack);
         for receipt in &to_ack {
             self.held.remove(&receipt.id);
         }
-        match runtime.ack(&to_ack, attempts).await {
+        to_ack
+    }
+
+    /// Records how acking `count` jobs went.
+    fn record_acks(&mut self, count: usize, acked: Result<u64, StoreError>) {
+        match acked {
             Ok(acked) => {
-                let lost = (to_ack.len() as u64).saturating_sub(acked);
+                let lost = (count as u64).saturating_sub(acked);
                 if lost > 0 {
                     warn!(
                         lost,
@@ -726,7 +774,7 @@ impl Flight {
             }
             Err(store_error) => {
                 error!(
-                    jobs = to_ack.len(),
+                    jobs = count,
                     error = %error_chain(&store_error),
                     "giving up acking jobs, they will be handled again after their leases"
                 );

@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use igl_core::{ClaimedJob, JobId, JobQueue, NewJob, QueueDepth, QueueName, Storage};
+use igl_core::{
+    ClaimedJob, DeadLetter, JobId, JobQueue, JobReceipt, NewJob, QueueDepth, QueueName, Storage,
+    StoreError,
+};
 use igl_store::SqliteStore;
 use igl_workers::{
     DrainReport, Handled, JobError, JobHandler, RetryPolicy, WorkerConfig, WorkerError, WorkerSet,
@@ -815,6 +818,133 @@ async fn the_lease_of_a_long_job_is_extended_while_it_runs() {
         .expect("worker stops")
         .unwrap()
         .unwrap();
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+}
+
+/// The real SQLite queue, except that every claim after the first waits for `release`
+/// before it goes through: a broker or database that is slow to answer a claim.
+#[derive(Debug)]
+struct StallingClaims {
+    inner: Arc<SqliteStore>,
+    claims: AtomicU64,
+    stalled: Notify,
+    release: Notify,
+}
+
+#[async_trait]
+impl JobQueue for StallingClaims {
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), StoreError> {
+        self.inner.enqueue(jobs).await
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        if self.claims.fetch_add(1, Ordering::SeqCst) > 0 {
+            self.stalled.notify_one();
+            self.release.notified().await;
+        }
+        self.inner.claim(queue, max, lease).await
+    }
+
+    async fn ack(&self, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
+        self.inner.ack(receipts).await
+    }
+
+    async fn retry(
+        &self,
+        receipt: JobReceipt,
+        delay: Duration,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.retry(receipt, delay, error).await
+    }
+
+    async fn dead_letter(&self, receipt: JobReceipt, error: &str) -> Result<bool, StoreError> {
+        self.inner.dead_letter(receipt, error).await
+    }
+
+    async fn extend_lease(&self, receipt: JobReceipt, lease: Duration) -> Result<bool, StoreError> {
+        self.inner.extend_lease(receipt, lease).await
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: Option<&QueueName>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.inner.dead_letters(queue, after, limit).await
+    }
+
+    async fn replay_dead_letter(&self, id: i64) -> Result<bool, StoreError> {
+        self.inner.replay_dead_letter(id).await
+    }
+
+    async fn depth(&self, queue: &QueueName) -> Result<QueueDepth, StoreError> {
+        self.inner.depth(queue).await
+    }
+
+    async fn wait_for_jobs(&self, queue: &QueueName, timeout: Duration) {
+        self.inner.wait_for_jobs(queue, timeout).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_are_extended_while_a_claim_is_slow() {
+    let db = TestDb::new().await;
+    db.enqueue(&QUEUE, 1).await;
+    let queue = Arc::new(StallingClaims {
+        inner: db.store.clone(),
+        claims: AtomicU64::new(0),
+        stalled: Notify::new(),
+        release: Notify::new(),
+    });
+    let handler = blocking();
+    let shutdown = CancellationToken::new();
+    let lease = Duration::from_millis(900);
+    let config = WorkerConfig { lease, ..config() };
+    let worker = tokio::spawn(run_worker(
+        queue.clone(),
+        handler.clone(),
+        config,
+        shutdown.clone(),
+    ));
+    tokio::time::timeout(DEADLINE, handler.started.notified())
+        .await
+        .expect("job starts");
+    // The worker has room for more and claims again; that claim stalls.
+    tokio::time::timeout(DEADLINE, queue.stalled.notified())
+        .await
+        .expect("second claim");
+
+    // For three leases, with the worker stuck in its claim, nobody else can take the job.
+    let until = Instant::now() + 3 * lease;
+    while Instant::now() < until {
+        let stolen = db
+            .store
+            .claim(&QUEUE, 1, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert!(
+            stolen.is_empty(),
+            "the lease expired during the slow claim: {stolen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    handler.release.notify_one();
+    shutdown.cancel();
+    queue.release.notify_one();
+    tokio::time::timeout(DEADLINE, worker)
+        .await
+        .expect("worker stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(db.depth(&QUEUE).await, EMPTY);
     assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
 }
 
