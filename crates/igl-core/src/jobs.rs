@@ -249,9 +249,21 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug {
     /// How many jobs `queue` holds, by state.
     async fn depth(&self, queue: &QueueName) -> Result<QueueDepth, StoreError>;
 
+    /// How long until the next job of `queue` becomes claimable: zero when one is due
+    /// now, the time to the earliest due time (a delayed job, or a lease that runs out)
+    /// otherwise, `None` when the queue is empty or the backend cannot tell (the default).
+    /// Lets a poller sleep until then instead of polling.
+    async fn next_due_in(&self, queue: &QueueName) -> Result<Option<Duration>, StoreError> {
+        let _ = queue;
+        Ok(None)
+    }
+
     /// Waits until a job may have become available on `queue` (a wake-up from an enqueue
     /// in this process or, where the backend supports it, another process) or `timeout`
-    /// passes. Spurious wake-ups are allowed; callers claim and see.
+    /// passes. Spurious wake-ups are allowed; callers claim and see. A backend that is
+    /// pushed every job, delayed ones included when they become due (RabbitMQ, once the
+    /// queue's consumer runs), may treat a non-zero `timeout` as a lower bound of a longer
+    /// safety-net wait; a zero `timeout` never waits.
     async fn wait_for_jobs(&self, queue: &QueueName, timeout: Duration);
 }
 

@@ -449,7 +449,11 @@ pub async fn start(
             RelayConfig {
                 batch: settings.queue.amqp.relay_batch as usize,
                 lease: settings.queue.lease(),
-                idle_poll: settings.queue.poll_interval(),
+                // Enqueues notify the relay (PostgreSQL NOTIFY across processes) and it
+                // sleeps until the next delayed row is due: the poll is only a safety net.
+                idle_poll: RelayConfig::default()
+                    .idle_poll
+                    .max(settings.queue.poll_interval()),
             },
         );
         let stop = shutdown.child_token();

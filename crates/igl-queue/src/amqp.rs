@@ -99,6 +99,10 @@ fn tier_for(delay: Duration) -> u64 {
 /// How many dead letters one listing or replay browses at most per queue.
 const BROWSE_LIMIT: usize = 10_000;
 
+/// The shortest wait of [`JobQueue::wait_for_jobs`] once the queue's consumer runs: the
+/// broker pushes every job, so waking up earlier only to pull an empty queue is waste.
+pub const PUSHED_IDLE_POLL: Duration = Duration::from_secs(5);
+
 /// A job claimed earlier than this before its due time is sent back to a delay tier.
 const DUE_TOLERANCE_MICROS: i64 = 5_000;
 
@@ -1135,10 +1139,13 @@ impl JobQueue for AmqpQueue {
             tokio::time::sleep(timeout.min(Duration::from_secs(1))).await;
             return;
         }
-        if !claim_channel.buffer.lock().expect("buffer lock").is_empty() {
+        if timeout.is_zero() || !claim_channel.buffer.lock().expect("buffer lock").is_empty() {
             return;
         }
-        let _ = tokio::time::timeout(timeout, notified).await;
+        // The consumer is pushed every job, retries included (they come back from their
+        // tiers by push too): the timeout is only a safety net, so an idle worker does not
+        // need to pull an empty quorum queue every `timeout` (which costs the broker CPU).
+        let _ = tokio::time::timeout(timeout.max(PUSHED_IDLE_POLL), notified).await;
     }
 }
 
@@ -1203,7 +1210,6 @@ impl AmqpQueue {
         Ok(())
     }
 
-    /// Claims (up to `max` in all) deliveries the consumer has received.
     /// Gathers up to `max` jobs of `queue` into `claim`: what the consumer has prefetched,
     /// else pulled with `basic.get` until the queue is empty.
     async fn gather(
@@ -1242,6 +1248,7 @@ impl AmqpQueue {
         self.take_buffered(queue, claim_channel, max, claim).await
     }
 
+    /// Claims (up to `max` in all) deliveries the consumer has received.
     async fn take_buffered(
         &self,
         queue: &QueueName,

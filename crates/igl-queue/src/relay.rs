@@ -46,6 +46,10 @@ fn describe_metrics() {
     );
 }
 
+/// The shortest wait of an idle relay loop, so that a row that is due but was not claimed
+/// (locked by another replica's claim at that moment) cannot make it spin.
+const MIN_IDLE_WAIT: Duration = Duration::from_millis(5);
+
 /// How the relay claims outbox rows.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
@@ -54,8 +58,9 @@ pub struct RelayConfig {
     /// How long claimed rows stay invisible to other relay replicas: if this relay dies
     /// before marking them sent, another one publishes them after this.
     pub lease: Duration,
-    /// Longest wait for new rows before looking again (delayed rows become due without a
-    /// wake-up).
+    /// Longest wait for new rows before looking again. An idle relay wakes up when an
+    /// enqueue notifies it or when the next row is due (it asks the outbox when that is),
+    /// so this is only a safety net for lost notifications.
     pub idle_poll: Duration,
 }
 
@@ -64,7 +69,7 @@ impl Default for RelayConfig {
         Self {
             batch: 256,
             lease: Duration::from_secs(30),
-            idle_poll: Duration::from_millis(500),
+            idle_poll: Duration::from_secs(5),
         }
     }
 }
@@ -180,15 +185,32 @@ impl OutboxRelay {
         info!("outbox relay stopped");
     }
 
+    /// How long an idle relay loop waits for a wake-up (an enqueue's `NOTIFY`): until the
+    /// next row of `queue` becomes due (a delayed job, or the lease of a relay that died),
+    /// at most `idle_poll`, at least [`MIN_IDLE_WAIT`].
+    async fn idle_wait(&self, queue: &QueueName) -> Duration {
+        let due = match self.outbox.next_due_in(queue).await {
+            Ok(due) => due,
+            Err(error) => {
+                // The next claim reports it.
+                debug!(error = %crate::error_chain(&error), "outbox next due time unknown");
+                None
+            }
+        };
+        due.unwrap_or(self.config.idle_poll)
+            .clamp(MIN_IDLE_WAIT, self.config.idle_poll.max(MIN_IDLE_WAIT))
+    }
+
     async fn run_queue(&self, queue: &QueueName, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
             match self.relay_once(queue).await {
                 Ok(0) => {
                     failures = 0;
+                    let wait = self.idle_wait(queue).await;
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = self.outbox.wait_for_jobs(queue, self.config.idle_poll) => {}
+                        () = self.outbox.wait_for_jobs(queue, wait) => {}
                     }
                 }
                 Ok(_) => failures = 0,

@@ -245,3 +245,52 @@ async fn relay_replicas_publish_each_row_once() {
     assert_eq!(shape.storage.depth(&q).await.unwrap(), Default::default());
     shape.broker.cleanup(&["replicas"]).await;
 }
+
+/// An idle relay sleeps until the next row of the outbox is due rather than polling: with
+/// a 30 s safety-net poll, a job enqueued with a 500 ms delay still reaches the broker
+/// within a few seconds, and never before it is due.
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_relay_wakes_when_a_delayed_row_is_due() {
+    let shape = shape().await;
+    let q = queue("due-later");
+    let relay = OutboxRelay::new(
+        shape.sql.storage.clone(),
+        shape.broker.queue.clone(),
+        vec![q.clone()],
+        RelayConfig {
+            batch: 64,
+            lease: LEASE,
+            idle_poll: Duration::from_secs(30),
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    let delay = Duration::from_millis(500);
+    let enqueued = std::time::Instant::now();
+    let mut unit = shape.storage.begin().await.unwrap();
+    unit.enqueue(&[job("due-later", 1).with_delay(delay)])
+        .await
+        .unwrap();
+    unit.commit().await.unwrap();
+    let claimed = eventually_some(
+        "the delayed job at the broker",
+        Duration::from_secs(10),
+        || async {
+            let claimed = shape.broker.queue.claim(&q, 10, LEASE).await.unwrap();
+            (!claimed.is_empty()).then_some(claimed)
+        },
+    )
+    .await;
+    assert!(enqueued.elapsed() >= delay, "published before it was due");
+    assert_eq!(claimed.len(), 1);
+    let receipts: Vec<_> = claimed.iter().map(|job| job.receipt()).collect();
+    assert_eq!(shape.broker.queue.ack(&receipts).await.unwrap(), 1);
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(shape.storage.depth(&q).await.unwrap(), Default::default());
+    shape.broker.cleanup(&["due-later"]).await;
+}

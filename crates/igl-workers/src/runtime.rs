@@ -352,6 +352,10 @@ impl Runtime {
     /// Awaits `operation` (a claim, an ack) while extending the leases in `held` on every
     /// `heartbeat` tick, so that a slow queue call never lets the leases of the other jobs
     /// the worker holds run out.
+    ///
+    /// The operation keeps being driven while the extensions run: it may hold the very
+    /// connection they wait for (SQLite has one writer), and an operation left unpolled
+    /// would never release it.
     async fn beating<T>(
         &self,
         heartbeat: &mut tokio::time::Interval,
@@ -363,7 +367,18 @@ impl Runtime {
             tokio::select! {
                 biased;
                 output = &mut operation => return output,
-                _ = heartbeat.tick() => self.extend_leases(held).await,
+                _ = heartbeat.tick() => {
+                    let extend = self.extend_leases(held);
+                    tokio::pin!(extend);
+                    tokio::select! {
+                        biased;
+                        output = &mut operation => {
+                            extend.await;
+                            return output;
+                        }
+                        () = &mut extend => {}
+                    }
+                }
             }
         }
     }

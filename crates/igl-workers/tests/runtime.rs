@@ -821,14 +821,33 @@ async fn the_lease_of_a_long_job_is_extended_while_it_runs() {
     assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
 }
 
-/// The real SQLite queue, except that every claim after the first waits for `release`
-/// before it goes through: a broker or database that is slow to answer a claim.
+/// The real SQLite queue, except that every claim after the first stalls: a broker or
+/// database that is slow to answer a claim. It goes through once `release` is notified or,
+/// with `hold_connection`, once a lease extension waits for the connection the stalled
+/// claim holds (like SQLite's single writer).
 #[derive(Debug)]
 struct StallingClaims {
     inner: Arc<SqliteStore>,
+    hold_connection: bool,
+    connection: tokio::sync::Mutex<()>,
     claims: AtomicU64,
     stalled: Notify,
     release: Notify,
+    extension_waits: Notify,
+}
+
+impl StallingClaims {
+    fn new(db: &TestDb, hold_connection: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner: db.store.clone(),
+            hold_connection,
+            connection: tokio::sync::Mutex::new(()),
+            claims: AtomicU64::new(0),
+            stalled: Notify::new(),
+            release: Notify::new(),
+            extension_waits: Notify::new(),
+        })
+    }
 }
 
 #[async_trait]
@@ -843,10 +862,17 @@ impl JobQueue for StallingClaims {
         max: usize,
         lease: Duration,
     ) -> Result<Vec<ClaimedJob>, StoreError> {
-        if self.claims.fetch_add(1, Ordering::SeqCst) > 0 {
-            self.stalled.notify_one();
-            self.release.notified().await;
+        if self.claims.fetch_add(1, Ordering::SeqCst) == 0 {
+            return self.inner.claim(queue, max, lease).await;
         }
+        if self.hold_connection {
+            let _connection = self.connection.lock().await;
+            self.stalled.notify_one();
+            self.extension_waits.notified().await;
+            return self.inner.claim(queue, max, lease).await;
+        }
+        self.stalled.notify_one();
+        self.release.notified().await;
         self.inner.claim(queue, max, lease).await
     }
 
@@ -868,6 +894,11 @@ impl JobQueue for StallingClaims {
     }
 
     async fn extend_lease(&self, receipt: JobReceipt, lease: Duration) -> Result<bool, StoreError> {
+        if self.hold_connection {
+            self.extension_waits.notify_one();
+            let _connection = self.connection.lock().await;
+            return self.inner.extend_lease(receipt, lease).await;
+        }
         self.inner.extend_lease(receipt, lease).await
     }
 
@@ -897,12 +928,7 @@ impl JobQueue for StallingClaims {
 async fn leases_are_extended_while_a_claim_is_slow() {
     let db = TestDb::new().await;
     db.enqueue(&QUEUE, 1).await;
-    let queue = Arc::new(StallingClaims {
-        inner: db.store.clone(),
-        claims: AtomicU64::new(0),
-        stalled: Notify::new(),
-        release: Notify::new(),
-    });
+    let queue = StallingClaims::new(&db, false);
     let handler = blocking();
     let shutdown = CancellationToken::new();
     let lease = Duration::from_millis(900);
@@ -945,6 +971,51 @@ async fn leases_are_extended_while_a_claim_is_slow() {
         .unwrap()
         .unwrap();
     assert_eq!(db.depth(&QUEUE).await, EMPTY);
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+}
+
+/// A heartbeat that fires while a claim holds the connection its extensions need (SQLite's
+/// single writer) does not deadlock the worker: the claim is still driven, finishes and
+/// lets the extensions through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_during_a_claim_that_holds_the_connection_does_not_deadlock() {
+    let db = TestDb::new().await;
+    db.enqueue(&QUEUE, 1).await;
+    let queue = StallingClaims::new(&db, true);
+    let handler = blocking();
+    let shutdown = CancellationToken::new();
+    let config = WorkerConfig {
+        lease: Duration::from_millis(300),
+        ..config()
+    };
+    let worker = tokio::spawn(run_worker(
+        queue.clone(),
+        handler.clone(),
+        config,
+        shutdown.clone(),
+    ));
+    tokio::time::timeout(DEADLINE, handler.started.notified())
+        .await
+        .expect("job starts");
+    tokio::time::timeout(DEADLINE, queue.stalled.notified())
+        .await
+        .expect("second claim");
+    // The stalled claim completes only once an extension waits for its connection.
+    wait_until("the stalled claim to complete", || async {
+        queue.claims.load(Ordering::SeqCst) >= 3
+    })
+    .await;
+    handler.release.notify_one();
+    wait_until("the job is acked", || async {
+        db.depth(&QUEUE).await == EMPTY
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, worker)
+        .await
+        .expect("worker stops")
+        .unwrap()
+        .unwrap();
     assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
 }
 

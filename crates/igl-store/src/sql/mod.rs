@@ -535,6 +535,11 @@ pub(crate) fn duration_micros(duration: Duration) -> i64 {
     i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
 }
 
+/// The time from `now` until `at` (both Unix microseconds), zero when `at` has passed.
+pub(crate) fn micros_until(at: i64, now: i64) -> Duration {
+    Duration::from_micros(u64::try_from(at.saturating_sub(now)).unwrap_or(0))
+}
+
 /// A random, positive lease token for one claim.
 pub(crate) fn new_lease_token() -> i64 {
     rand::random::<i64>() & i64::MAX

@@ -25,9 +25,9 @@ use tokio::task::JoinHandle;
 use super::rows::{DeadJobRow, JobRow, MESSAGE_COLUMNS, MessageRow};
 use super::wake::{RemotePublisher, Wakeups};
 use super::{
-    duration_micros, from_micros, jobs_json, message_key, messages_json, migrate_error,
-    missing_keys_json, new_lease_token, now_micros, predicate_filter, receipts_by_token,
-    resolve_outcomes, store_error, to_micros, truncate_error,
+    duration_micros, from_micros, jobs_json, message_key, messages_json, micros_until,
+    migrate_error, missing_keys_json, new_lease_token, now_micros, predicate_filter,
+    receipts_by_token, resolve_outcomes, store_error, to_micros, truncate_error,
 };
 use std::collections::HashMap;
 
@@ -631,6 +631,17 @@ impl JobQueue for PostgresStore {
             in_flight: count(in_flight),
             dead: count(dead),
         })
+    }
+
+    async fn next_due_in(&self, queue: &QueueName) -> Result<Option<Duration>, StoreError> {
+        // A leased job's `run_at` is its lease expiry: the minimum covers both.
+        let earliest: Option<i64> =
+            sqlx::query_scalar("SELECT MIN(run_at) FROM jobs WHERE queue = $1")
+                .bind(queue.as_str())
+                .fetch_one(&self.pool)
+                .await
+                .map_err(store_error)?;
+        Ok(earliest.map(|run_at| micros_until(run_at, now_micros())))
     }
 
     async fn wait_for_jobs(&self, queue: &QueueName, timeout: Duration) {

@@ -105,6 +105,48 @@ pub async fn delayed_jobs_wait(storage: &dyn JobQueue) {
     .await;
 }
 
+/// `next_due_in` tells how long until the next job is claimable: nothing for an empty
+/// queue, about the delay of a delayed job, zero for a due one, and the lease of a claimed
+/// one (it becomes claimable again when the lease runs out). For backends that know
+/// (the SQL queues, which the outbox relay sleeps on).
+pub async fn next_due_in_tells_when_a_job_becomes_claimable(storage: &dyn JobQueue) {
+    let q = queue("due");
+    assert_eq!(storage.next_due_in(&q).await.unwrap(), None, "empty queue");
+    storage
+        .enqueue(&[job("due", 1).with_delay(Duration::from_secs(60))])
+        .await
+        .unwrap();
+    let due = storage
+        .next_due_in(&q)
+        .await
+        .unwrap()
+        .expect("a delayed job");
+    assert!(
+        due > Duration::from_secs(50) && due <= Duration::from_secs(60),
+        "{due:?}"
+    );
+    storage.enqueue(&[job("due", 2)]).await.unwrap();
+    assert_eq!(storage.next_due_in(&q).await.unwrap(), Some(Duration::ZERO));
+    let claimed = storage.claim(&q, 10, LEASE).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    let due = storage
+        .next_due_in(&q)
+        .await
+        .unwrap()
+        .expect("a leased job");
+    assert!(
+        due > Duration::ZERO && due <= LEASE,
+        "{due:?} (lease {LEASE:?})"
+    );
+    storage.ack(&[claimed[0].receipt()]).await.unwrap();
+    let due = storage
+        .next_due_in(&q)
+        .await
+        .unwrap()
+        .expect("the delayed job");
+    assert!(due > Duration::from_secs(50), "{due:?}");
+}
+
 /// A dedup key suppresses duplicates while the job is queued or leased, and is free again
 /// after the ack.
 pub async fn dedup_key_suppresses_duplicates(storage: &dyn JobQueue) {

@@ -13,6 +13,7 @@ macro_rules! for_each_storage_case {
         $case!(by_ref messages::batch_insert_outcomes);
         $case!(by_ref jobs::enqueue_claim_ack);
         $case!(by_ref jobs::delayed_jobs_wait);
+        $case!(by_ref jobs::next_due_in_tells_when_a_job_becomes_claimable);
         $case!(by_ref jobs::dedup_key_suppresses_duplicates);
         $case!(by_ref jobs::expired_lease_returns_the_job);
         $case!(by_ref jobs::extend_lease_keeps_the_job);
