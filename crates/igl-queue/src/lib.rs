@@ -11,7 +11,7 @@ mod brokered;
 mod message;
 mod relay;
 
-pub use amqp::{AmqpOptions, AmqpQueue, DELAY_TIERS, redact_amqp_url};
+pub use amqp::{AmqpOptions, AmqpQueue, DELAY_TIERS, PUSHED_IDLE_POLL, redact_amqp_url};
 pub use brokered::BrokeredStorage;
 pub use relay::{
     OUTBOX_PUBLISH_LAG_SECONDS, OUTBOX_RELAY_ERRORS_TOTAL, OUTBOX_RELAY_ROUND_SECONDS,

@@ -23,7 +23,8 @@ pub struct WorkerConfig {
     /// its first lease only while this worker is alive.
     pub lease: Duration,
     /// The longest wait for new jobs when the queue is empty (a wake-up from an enqueue may
-    /// come sooner).
+    /// come sooner). On RabbitMQ, whose consumer is pushed every job, the queue waits at
+    /// least `igl_queue::PUSHED_IDLE_POLL` instead ([`igl_core::JobQueue::wait_for_jobs`]).
     pub idle_poll: Duration,
     /// The longest a handler may take for one job; it then counts as a transient failure.
     /// A backstop: handlers should time out their own outbound calls.
