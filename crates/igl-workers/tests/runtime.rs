@@ -63,6 +63,21 @@ impl TestDb {
     async fn depth(&self, queue: &QueueName) -> QueueDepth {
         self.store.depth(queue).await.expect("depth")
     }
+
+    /// Checks, every 50 ms for `period`, that another consumer can claim nothing of
+    /// `QUEUE` (the worker's leases hold).
+    async fn assert_nothing_claimable_for(&self, period: Duration, failure: &str) {
+        let until = Instant::now() + period;
+        while Instant::now() < until {
+            let stolen = self
+                .store
+                .claim(&QUEUE, 1, Duration::from_secs(30))
+                .await
+                .unwrap();
+            assert!(stolen.is_empty(), "{failure}: {stolen:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }
 
 fn config() -> WorkerConfig {
@@ -793,19 +808,8 @@ async fn the_lease_of_a_long_job_is_extended_while_it_runs() {
         .expect("job starts");
 
     // For three leases, nobody else can claim the job.
-    let until = Instant::now() + 3 * lease;
-    while Instant::now() < until {
-        let stolen = db
-            .store
-            .claim(&QUEUE, 1, Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert!(
-            stolen.is_empty(),
-            "the lease expired while the job ran: {stolen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    db.assert_nothing_claimable_for(3 * lease, "the lease expired while the job ran")
+        .await;
 
     handler.release.notify_one();
     wait_until("the job is acked", || async {
@@ -948,19 +952,8 @@ async fn leases_are_extended_while_a_claim_is_slow() {
         .expect("second claim");
 
     // For three leases, with the worker stuck in its claim, nobody else can take the job.
-    let until = Instant::now() + 3 * lease;
-    while Instant::now() < until {
-        let stolen = db
-            .store
-            .claim(&QUEUE, 1, Duration::from_secs(30))
-            .await
-            .unwrap();
-        assert!(
-            stolen.is_empty(),
-            "the lease expired during the slow claim: {stolen:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    db.assert_nothing_claimable_for(3 * lease, "the lease expired during the slow claim")
+        .await;
 
     handler.release.notify_one();
     shutdown.cancel();
