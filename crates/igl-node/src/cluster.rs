@@ -159,6 +159,21 @@ pub fn default_layout() -> Vec<Group> {
     ]
 }
 
+/// A layout for small machines: one process for the APIs and `worker_replicas` processes
+/// (group `workers`) that each run every worker and the outbox relay. Far fewer processes
+/// than [`default_layout`] (3 per node instead of 16 by default), so less CPU goes to
+/// idle work and context switches; every worker stays safe to run as several replicas.
+pub fn compact_layout(worker_replicas: usize) -> Vec<Group> {
+    let (apis, workers): (Vec<Component>, Vec<Component>) = Component::all()
+        .iter()
+        .copied()
+        .partition(|component| component.is_api());
+    vec![
+        Group::new("api", &apis, 1),
+        Group::new("workers", &workers, worker_replicas),
+    ]
+}
+
 /// Changes the replica count of the named groups of `layout` (`"router=3,processor=2"`).
 ///
 /// # Errors
@@ -1053,6 +1068,22 @@ mod tests {
             .map(|g| g.name.as_str())
             .collect();
         assert_eq!(serving, ["api"]);
+    }
+
+    #[test]
+    fn the_compact_layout_runs_every_component_once_per_replica() {
+        let layout = compact_layout(2);
+        assert_eq!(layout.len(), 2);
+        assert!(layout[0].serves_http() && !layout[1].serves_http());
+        assert_eq!(layout[1].replicas, 2);
+        let mut all: Vec<Component> = layout
+            .iter()
+            .flat_map(|group| group.components.iter().copied())
+            .collect();
+        all.sort_by_key(|component| component.as_str());
+        let mut expected = Component::all().to_vec();
+        expected.sort_by_key(|component| component.as_str());
+        assert_eq!(all, expected);
     }
 
     #[test]

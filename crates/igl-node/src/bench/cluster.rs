@@ -3,7 +3,8 @@
 //! and SG its own `igl node --component …` process of this executable, on PostgreSQL +
 //! RabbitMQ + S3, with a pair of `igl channel` processes.
 //!
-//! `--curve GROUP=1,2,3` repeats the run with that many replicas of one process group (a
+//! `--layout compact` runs each node as one API process plus two processes that each run
+//! every worker, instead. `--curve GROUP=1,2,3` repeats the run with that many replicas of one process group (a
 //! fresh cluster each time) to show whether adding replicas of it raises throughput. After
 //! each run the CPU seconds used by every process group are printed: on a saturated
 //! machine they say where the time goes.
@@ -13,8 +14,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::Args;
-use igl_node::cluster::{Cluster, ClusterOptions, S3Target, default_layout, set_replicas};
+use clap::{Args, ValueEnum};
+use igl_node::cluster::{
+    Cluster, ClusterOptions, Group, S3Target, compact_layout, default_layout, set_replicas,
+};
 use serde::Serialize;
 
 use super::e2e::{Load, Ramp, StepResult, Target, run_steps};
@@ -53,9 +56,15 @@ pub struct ClusterBenchArgs {
     pub amqp_url: String,
     /// Replicas per process group, e.g. `router=3,processor=1` (groups: api, processor,
     /// router, poller, subscriber, retriever, spider, spreader, deliverer, relay; default
-    /// two of processor, router, retriever, spider, deliverer and relay, one of the rest).
+    /// two of processor, router, retriever, spider, deliverer and relay, one of the rest;
+    /// with `--layout compact`: api, workers).
     #[arg(long, value_name = "GROUP=N,…", default_value = "")]
     pub replicas: String,
+    /// The process layout of each node: one process per API group and worker
+    /// (`per-component`), or one API process plus `workers` processes that each run every
+    /// worker and the relay (`compact`, two replicas by default: `--replicas workers=N`).
+    #[arg(long, value_enum, default_value = "per-component")]
+    pub layout: Layout,
     /// Repeat the run with each replica count of one group, e.g. `processor=1,2,3`.
     #[arg(long, value_name = "GROUP=N,N,…")]
     pub curve: Option<String>,
@@ -68,6 +77,24 @@ pub struct ClusterBenchArgs {
     /// Also write the result as JSON to this file.
     #[arg(long, value_name = "FILE")]
     pub json: Option<PathBuf>,
+}
+
+/// The process layout `igl bench cluster` starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Layout {
+    /// [`default_layout`]: every API group and worker its own process.
+    PerComponent,
+    /// [`compact_layout`]: the APIs in one process, all workers in each of the others.
+    Compact,
+}
+
+impl Layout {
+    fn groups(self) -> Vec<Group> {
+        match self {
+            Self::PerComponent => default_layout(),
+            Self::Compact => compact_layout(2),
+        }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -113,7 +140,7 @@ async fn run_once(
     replicas: &str,
     keep: bool,
 ) -> anyhow::Result<ClusterRun> {
-    let mut layout = default_layout();
+    let mut layout = args.layout.groups();
     set_replicas(&mut layout, replicas)?;
     let directory = tempfile::Builder::new()
         .prefix("igl-bench-cluster-")
