@@ -508,17 +508,26 @@ impl Inner {
             let next = leases.values().map(|lease| lease.deadline).min();
             (expired, next)
         };
-        for lease in expired {
+        for lease in &expired {
             debug!(job.id = lease.id.0, queue = %lease.queue, "lease expired, job returned to its queue");
-            let requeue = BasicNackOptions {
-                multiple: false,
-                requeue: true,
-            };
-            if let Err(error) = self.call("basic.nack", lease.acker.nack(requeue)).await {
-                debug!(error = %crate::error_chain(&error), "returning an expired lease failed; the broker returns it with the channel");
+        }
+        self.requeue(expired.into_iter().map(|lease| lease.acker))
+            .await;
+        next
+    }
+
+    /// Returns deliveries to their queue (`basic.nack requeue`), best effort: a failure
+    /// means the channel is gone, and the broker returns them with it.
+    async fn requeue(&self, ackers: impl IntoIterator<Item = Acker>) {
+        let requeue = BasicNackOptions {
+            multiple: false,
+            requeue: true,
+        };
+        for acker in ackers {
+            if let Err(error) = self.call("basic.nack", acker.nack(requeue)).await {
+                debug!(error = %crate::error_chain(&error), "returning a delivery failed; the broker returns it with the channel");
             }
         }
-        next
     }
 
     /// Sorts a delivery into `claim`: a job (its lease starts when the claim ends), a job
@@ -580,7 +589,8 @@ impl Inner {
     /// Ends a claim: sends the early jobs back to their tiers (published together, then
     /// acked), then starts the leases of the claimed jobs, so that a slow claim never
     /// hands out a lease that is already running out. When `outcome` is an error (or
-    /// sending back fails) the claimed jobs are returned to their queue at once instead.
+    /// sending back fails) the early and the claimed jobs are returned to their queue at
+    /// once instead.
     async fn finish_claim(
         &self,
         claim: Claim,
@@ -594,8 +604,11 @@ impl Inner {
         } = claim;
         let outcome = match outcome {
             Ok(()) => self.send_back_early(early).await,
-            // Unacked, the early jobs return to their queue with the channel or the reaper.
-            Err(error) => Err(error),
+            Err(error) => {
+                self.requeue(early.into_iter().map(|(_, _, acker)| acker))
+                    .await;
+                Err(error)
+            }
         };
         let deadline = match outcome {
             Ok(()) => Instant::now() + lease,
@@ -622,8 +635,11 @@ impl Inner {
             .into_iter()
             .map(|(route, message, acker)| ((route, message), acker))
             .unzip();
-        // A failed publish leaves the deliveries unacked: they come back (at least once).
-        self.publish(&messages).await?;
+        if let Err(error) = self.publish(&messages).await {
+            // Some copies may be out: the originals come back too (at least once).
+            self.requeue(ackers).await;
+            return Err(error);
+        }
         for acker in ackers {
             self.call("basic.ack", acker.ack(BasicAckOptions::default()))
                 .await?;

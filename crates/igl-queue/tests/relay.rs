@@ -32,6 +32,15 @@ async fn shape() -> Shape {
 }
 
 fn relay(shape: &Shape, names: &[&str], lease: Duration) -> OutboxRelay {
+    polling_relay(shape, names, lease, Duration::from_millis(100))
+}
+
+fn polling_relay(
+    shape: &Shape,
+    names: &[&str],
+    lease: Duration,
+    idle_poll: Duration,
+) -> OutboxRelay {
     OutboxRelay::new(
         shape.sql.storage.clone(),
         shape.broker.queue.clone(),
@@ -39,7 +48,7 @@ fn relay(shape: &Shape, names: &[&str], lease: Duration) -> OutboxRelay {
         RelayConfig {
             batch: 64,
             lease,
-            idle_poll: Duration::from_millis(100),
+            idle_poll,
         },
     )
 }
@@ -257,16 +266,7 @@ async fn relay_replicas_publish_each_row_once() {
 async fn an_idle_relay_wakes_when_a_delayed_row_is_due() {
     let shape = shape().await;
     let q = queue("due-later");
-    let relay = OutboxRelay::new(
-        shape.sql.storage.clone(),
-        shape.broker.queue.clone(),
-        vec![q.clone()],
-        RelayConfig {
-            batch: 64,
-            lease: LEASE,
-            idle_poll: Duration::from_secs(30),
-        },
-    );
+    let relay = polling_relay(&shape, &["due-later"], LEASE, Duration::from_secs(30));
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
     let delay = Duration::from_millis(500);

@@ -577,6 +577,28 @@ fn blocking() -> Arc<Blocking> {
     })
 }
 
+/// Lets the `Blocking` job finish, waits for its ack, stops the worker and checks that the
+/// job was handled exactly once.
+async fn finish_blocked_job(
+    db: &TestDb,
+    handler: &Blocking,
+    shutdown: CancellationToken,
+    worker: tokio::task::JoinHandle<Result<(), WorkerError>>,
+) {
+    handler.release.notify_one();
+    wait_until("the job is acked", || async {
+        db.depth(&QUEUE).await == EMPTY
+    })
+    .await;
+    shutdown.cancel();
+    tokio::time::timeout(DEADLINE, worker)
+        .await
+        .expect("worker stops")
+        .unwrap()
+        .unwrap();
+    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_lets_the_current_job_finish_and_claims_nothing_more() {
     let db = TestDb::new().await;
@@ -811,18 +833,7 @@ async fn the_lease_of_a_long_job_is_extended_while_it_runs() {
     db.assert_nothing_claimable_for(3 * lease, "the lease expired while the job ran")
         .await;
 
-    handler.release.notify_one();
-    wait_until("the job is acked", || async {
-        db.depth(&QUEUE).await == EMPTY
-    })
-    .await;
-    shutdown.cancel();
-    tokio::time::timeout(DEADLINE, worker)
-        .await
-        .expect("worker stops")
-        .unwrap()
-        .unwrap();
-    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+    finish_blocked_job(&db, &handler, shutdown, worker).await;
 }
 
 /// The real SQLite queue, except that every claim after the first stalls: a broker or
@@ -998,18 +1009,7 @@ async fn a_heartbeat_during_a_claim_that_holds_the_connection_does_not_deadlock(
         queue.claims.load(Ordering::SeqCst) >= 3
     })
     .await;
-    handler.release.notify_one();
-    wait_until("the job is acked", || async {
-        db.depth(&QUEUE).await == EMPTY
-    })
-    .await;
-    shutdown.cancel();
-    tokio::time::timeout(DEADLINE, worker)
-        .await
-        .expect("worker stops")
-        .unwrap()
-        .unwrap();
-    assert_eq!(handler.calls.load(Ordering::SeqCst), 1);
+    finish_blocked_job(&db, &handler, shutdown, worker).await;
 }
 
 #[tokio::test]
