@@ -192,6 +192,31 @@ pub struct QueueDepth {
     pub dead: u64,
 }
 
+/// Due jobs taken out of a queue inside a transaction that is still open
+/// ([`JobQueue::take`]): an outbox relay publishes them, then commits.
+///
+/// While it lives, the jobs are invisible to other takers and claimers (row locks, not
+/// leases: nothing is written until the commit). [`TakenJobs::commit`] removes them for
+/// good; dropping it instead, or the death of the process (the database rolls back a
+/// transaction whose connection closed), puts them back at once, untouched.
+#[async_trait]
+pub trait TakenJobs: Send {
+    /// The jobs taken, in due order (each with `attempt` as stored, `lease_token` 0).
+    fn jobs(&self) -> &[ClaimedJob];
+
+    /// How long until the next job of the queue that was not yet due when the jobs were
+    /// taken becomes due; `None` when there was none. Jobs that were due but held by
+    /// another taker do not count.
+    fn next_due_in(&self) -> Option<Duration>;
+
+    /// Removes the taken jobs from the queue (commits the transaction).
+    ///
+    /// # Errors
+    ///
+    /// A failed commit: the jobs stay in the queue and will be taken again.
+    async fn commit(self: Box<Self>) -> Result<(), StoreError>;
+}
+
 /// Named, durable job queues with leases (at-least-once delivery).
 ///
 /// Contract:
@@ -255,6 +280,24 @@ pub trait JobQueue: Send + Sync + std::fmt::Debug {
     /// Lets a poller sleep until then instead of polling.
     async fn next_due_in(&self, queue: &QueueName) -> Result<Option<Duration>, StoreError> {
         let _ = queue;
+        Ok(None)
+    }
+
+    /// Takes up to `max` due jobs of `queue` out of the queue in an open transaction (see
+    /// [`TakenJobs`]): one statement instead of a claim that writes leases and an ack that
+    /// deletes. `None` (the default) when the backend cannot hold a transaction open for
+    /// this; callers then claim and ack. Meant for an outbox relay, whose side effect
+    /// (publishing to a broker) happens between the take and the commit.
+    ///
+    /// # Errors
+    ///
+    /// A failed backend call; nothing was taken.
+    async fn take(
+        &self,
+        queue: &QueueName,
+        max: usize,
+    ) -> Result<Option<Box<dyn TakenJobs>>, StoreError> {
+        let _ = (queue, max);
         Ok(None)
     }
 

@@ -21,7 +21,7 @@ pub use error::{BoxError, StoreError};
 pub use events::{Event, EventLog, NewEvent};
 pub use jobs::{
     ClaimedJob, DeadLetter, JobId, JobQueue, JobReceipt, NewJob, QueueDepth, QueueName,
-    QueueNameError,
+    QueueNameError, TakenJobs,
 };
 pub use messages::{
     Cursor, InsertOutcome, Inserted, MessageFilter, MessagePage, MessageStore, Updated,

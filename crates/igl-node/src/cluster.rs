@@ -117,7 +117,9 @@ impl Group {
     /// `database.max_connections` of each process of the group, given that of a worker:
     /// four times for API processes (concurrent requests), three times for routers and
     /// deliverers (each has dozens of jobs in flight, every one a read and a unit of work:
-    /// with the worker default they queue for connections), the worker default otherwise.
+    /// with the worker default they queue for connections), twice for outbox relays (each
+    /// of its per-queue loops holds a connection while the broker confirms a batch), the
+    /// worker default otherwise.
     pub fn max_connections(&self, worker_connections: u32) -> u32 {
         let busy =
             |component: &Component| matches!(component, Component::Router | Component::Deliverer);
@@ -125,6 +127,8 @@ impl Group {
             worker_connections * 4
         } else if self.components.iter().any(busy) {
             worker_connections * 3
+        } else if self.components.contains(&Component::OutboxRelay) {
+            worker_connections * 2
         } else {
             worker_connections
         }
@@ -216,8 +220,8 @@ pub struct ClusterOptions {
     /// The log filter of every process (`[log] filter`).
     pub log_filter: String,
     /// `database.max_connections` of a worker process (routers and deliverers get three
-    /// times, API processes and each channel endpoint pool four times as many,
-    /// [`Group::max_connections`]): the cluster opens
+    /// times, outbox relays twice, API processes and each channel endpoint pool four times
+    /// as many, [`Group::max_connections`]): the cluster opens
     /// `2 × Σ replicas` pools on one server, which must allow it.
     pub worker_connections: u32,
     /// `queue.lease_secs`: how long a job leased by a process that died stays invisible (for
@@ -1097,7 +1101,7 @@ mod tests {
         assert_eq!(pool("router"), 12);
         assert_eq!(pool("deliverer"), 12);
         assert_eq!(pool("processor"), 4);
-        assert_eq!(pool("relay"), 4);
+        assert_eq!(pool("relay"), 8);
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use igl_core::{JobQueue, QueueName, StoreError};
+use igl_core::{ClaimedJob, JobQueue, QueueName, StoreError, TakenJobs};
 use igl_domain::Timestamp;
 use metrics::{Unit, counter, describe_counter, describe_histogram, histogram};
 use tokio::task::JoinSet;
@@ -117,24 +117,71 @@ impl OutboxRelay {
     ///
     /// # Errors
     ///
-    /// The first failed outbox or broker call. Rows whose publish was not confirmed are
-    /// released to be published again after a short delay.
+    /// The first failed outbox or broker call. Rows whose publish was not confirmed go back
+    /// to the outbox and are published again.
     pub async fn relay_once(&self, queue: &QueueName) -> Result<usize, StoreError> {
-        let result = self.relay_round(queue).await;
-        if result.is_err() {
-            counter!(OUTBOX_RELAY_ERRORS_TOTAL, "queue" => queue.to_string()).increment(1);
+        Ok(self.round(queue).await?.published)
+    }
+
+    async fn round(&self, queue: &QueueName) -> Result<Round, StoreError> {
+        let started = Instant::now();
+        let result = match self.outbox.take(queue, self.config.batch).await {
+            Ok(Some(taken)) => self.publish_taken(queue, taken).await,
+            Ok(None) => self.publish_claimed(queue).await,
+            Err(error) => Err(error),
+        };
+        match &result {
+            Ok(round) if round.published > 0 => {
+                counter!(OUTBOX_RELAYED_TOTAL, "queue" => queue.to_string())
+                    .increment(round.published as u64);
+                histogram!(OUTBOX_RELAY_ROUND_SECONDS, "queue" => queue.to_string())
+                    .record(started.elapsed().as_secs_f64());
+                debug!(queue = %queue, published = round.published, "outbox rows relayed");
+            }
+            Ok(_) => {}
+            Err(_) => {
+                counter!(OUTBOX_RELAY_ERRORS_TOTAL, "queue" => queue.to_string()).increment(1);
+            }
         }
         result
     }
 
-    async fn relay_round(&self, queue: &QueueName) -> Result<usize, StoreError> {
-        let started = Instant::now();
+    /// The outbox holds the taken rows in an open transaction: publish, then commit (which
+    /// deletes them). A failed publish drops the transaction, which puts the rows back.
+    async fn publish_taken(
+        &self,
+        queue: &QueueName,
+        taken: Box<dyn TakenJobs>,
+    ) -> Result<Round, StoreError> {
+        let next_due_in = Some(taken.next_due_in());
+        if taken.jobs().is_empty() {
+            return Ok(Round {
+                published: 0,
+                next_due_in,
+            });
+        }
+        self.broker.publish_outbox(taken.jobs()).await?;
+        record_publish_lag(queue, taken.jobs());
+        let published = taken.jobs().len();
+        taken.commit().await?;
+        Ok(Round {
+            published,
+            next_due_in,
+        })
+    }
+
+    /// An outbox that cannot hold a transaction open (SQLite's single writer would stall
+    /// every other writer meanwhile): claim with a lease, publish, then ack (delete).
+    async fn publish_claimed(&self, queue: &QueueName) -> Result<Round, StoreError> {
         let jobs = self
             .outbox
             .claim(queue, self.config.batch, self.config.lease)
             .await?;
         if jobs.is_empty() {
-            return Ok(0);
+            return Ok(Round {
+                published: 0,
+                next_due_in: None,
+            });
         }
         let receipts: Vec<_> = jobs.iter().map(|job| job.receipt()).collect();
         if let Err(error) = self.broker.publish_outbox(&jobs).await {
@@ -147,16 +194,8 @@ impl OutboxRelay {
             }
             return Err(error);
         }
-        let confirmed = Timestamp::now_utc();
-        let lag = histogram!(OUTBOX_PUBLISH_LAG_SECONDS, "queue" => queue.to_string());
-        for job in &jobs {
-            let waited = Duration::try_from(confirmed - job.enqueued_at).unwrap_or_default();
-            lag.record(waited.as_secs_f64());
-        }
+        record_publish_lag(queue, &jobs);
         let marked = self.outbox.ack(&receipts).await?;
-        counter!(OUTBOX_RELAYED_TOTAL, "queue" => queue.to_string()).increment(jobs.len() as u64);
-        histogram!(OUTBOX_RELAY_ROUND_SECONDS, "queue" => queue.to_string())
-            .record(started.elapsed().as_secs_f64());
         if marked < receipts.len() as u64 {
             warn!(
                 queue = %queue,
@@ -164,8 +203,10 @@ impl OutboxRelay {
                 "outbox leases lost before marking rows sent; they will be published again"
             );
         }
-        debug!(queue = %queue, published = jobs.len(), "outbox rows relayed");
-        Ok(jobs.len())
+        Ok(Round {
+            published: jobs.len(),
+            next_due_in: None,
+        })
     }
 
     /// Relays every queue until `shutdown` is cancelled (one loop per queue). Failures
@@ -185,17 +226,21 @@ impl OutboxRelay {
         info!("outbox relay stopped");
     }
 
-    /// How long an idle relay loop waits for a wake-up (an enqueue's `NOTIFY`): until the
-    /// next row of `queue` becomes due (a delayed job, or the lease of a relay that died),
-    /// at most `idle_poll`, at least [`MIN_IDLE_WAIT`].
-    async fn idle_wait(&self, queue: &QueueName) -> Duration {
-        let due = match self.outbox.next_due_in(queue).await {
-            Ok(due) => due,
-            Err(error) => {
-                // The next claim reports it.
-                debug!(error = %crate::error_chain(&error), "outbox next due time unknown");
-                None
-            }
+    /// How long a relay loop waits for a wake-up (an enqueue's `NOTIFY`) after a round
+    /// that did not fill its batch: until the next row of `queue` becomes due (a delayed
+    /// job, or the lease of a relay that died) — as the round saw it, or else as the outbox
+    /// says — at most `idle_poll`, at least [`MIN_IDLE_WAIT`].
+    async fn idle_wait(&self, queue: &QueueName, seen: Option<Option<Duration>>) -> Duration {
+        let due = match seen {
+            Some(due) => due,
+            None => match self.outbox.next_due_in(queue).await {
+                Ok(due) => due,
+                Err(error) => {
+                    // The next round reports it.
+                    debug!(error = %crate::error_chain(&error), "outbox next due time unknown");
+                    None
+                }
+            },
         };
         due.unwrap_or(self.config.idle_poll)
             .clamp(MIN_IDLE_WAIT, self.config.idle_poll.max(MIN_IDLE_WAIT))
@@ -204,16 +249,18 @@ impl OutboxRelay {
     async fn run_queue(&self, queue: &QueueName, shutdown: CancellationToken) {
         let mut failures: u32 = 0;
         while !shutdown.is_cancelled() {
-            match self.relay_once(queue).await {
-                Ok(0) => {
+            match self.round(queue).await {
+                // A full batch: more rows are probably due.
+                Ok(round) if round.published >= self.config.batch.max(1) => failures = 0,
+                // Rows enqueued during the round left a wake-up, so the wait ends at once.
+                Ok(round) => {
                     failures = 0;
-                    let wait = self.idle_wait(queue).await;
+                    let wait = self.idle_wait(queue, round.next_due_in).await;
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = self.outbox.wait_for_jobs(queue, wait) => {}
                     }
                 }
-                Ok(_) => failures = 0,
                 Err(error) => {
                     failures = failures.saturating_add(1);
                     let delay = Duration::from_millis(50)
@@ -227,5 +274,22 @@ impl OutboxRelay {
                 }
             }
         }
+    }
+}
+
+/// What one relay round did.
+struct Round {
+    published: usize,
+    /// When the next not-yet-due row becomes due, if the round found out (`Some(None)`:
+    /// there is none); `None` when it could not tell.
+    next_due_in: Option<Option<Duration>>,
+}
+
+fn record_publish_lag(queue: &QueueName, jobs: &[ClaimedJob]) {
+    let confirmed = Timestamp::now_utc();
+    let lag = histogram!(OUTBOX_PUBLISH_LAG_SECONDS, "queue" => queue.to_string());
+    for job in jobs {
+        let waited = Duration::try_from(confirmed - job.enqueued_at).unwrap_or_default();
+        lag.record(waited.as_secs_f64());
     }
 }

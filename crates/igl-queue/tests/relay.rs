@@ -105,9 +105,10 @@ async fn committed_jobs_reach_the_broker_rolled_back_ones_never_do() {
     shape.broker.cleanup(&["outbox"]).await;
 }
 
-/// A relay killed between publishing and marking its rows sent leaves them leased; after
-/// the lease another relay publishes them again (same job id), and a consumer that acks in
-/// its unit of work with an idempotent effect absorbs the duplicate: one effect, both
+/// A relay on the claim-and-ack path (an outbox without `take`, or an older release) killed
+/// between publishing and marking its rows sent leaves them leased; after the lease another
+/// relay publishes them again (same job id), and a consumer that acks in its unit of work
+/// with an idempotent effect absorbs the duplicate: one effect, both
 /// deliveries acked after their commits.
 #[cfg_attr(
     igl_skip_broker_shape,
@@ -173,6 +174,65 @@ async fn a_relay_killed_before_marking_republishes_and_the_consumer_absorbs_it()
         "both deliveries acked"
     );
     shape.broker.cleanup(&["crashy"]).await;
+}
+
+/// A relay that dies after publishing rows it took but before committing the take (its
+/// transaction rolls back when its connection goes) leaves them in the outbox at once, not
+/// after a lease: the next relay publishes them again with the same job id.
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_dies_before_committing_its_take_leaves_the_rows_at_once() {
+    let shape = shape().await;
+    let q = queue("uncommitted");
+    shape
+        .storage
+        .enqueue(&[job("uncommitted", 3)])
+        .await
+        .unwrap();
+
+    let dying = shape.sql.storage.take(&q, 10).await.unwrap().expect("take");
+    assert_eq!(dying.jobs().len(), 1);
+    shape
+        .broker
+        .queue
+        .publish_outbox(dying.jobs())
+        .await
+        .unwrap();
+    let id = dying.jobs()[0].id;
+    drop(dying);
+
+    // No lease to wait for: the row is back as soon as the rollback reaches the server.
+    let survivor = relay(&shape, &["uncommitted"], LEASE);
+    eventually(
+        "the row to be published again",
+        Duration::from_secs(5),
+        || async { survivor.relay_once(&q).await.unwrap() == 1 },
+    )
+    .await;
+    assert_eq!(
+        shape.sql.storage.depth(&q).await.unwrap(),
+        Default::default(),
+        "the survivor's commit removed the row"
+    );
+    let mut copies = Vec::new();
+    while copies.len() < 2 {
+        let mut claimed = eventually_some("both copies", Duration::from_secs(10), || async {
+            let claimed = shape.storage.claim(&q, 10, LEASE).await.unwrap();
+            (!claimed.is_empty()).then_some(claimed)
+        })
+        .await;
+        copies.append(&mut claimed);
+    }
+    assert!(
+        copies.iter().all(|copy| copy.id == id),
+        "the same job twice"
+    );
+    let receipts: Vec<_> = copies.iter().map(|copy| copy.receipt()).collect();
+    assert_eq!(shape.storage.ack(&receipts).await.unwrap(), 2);
+    shape.broker.cleanup(&["uncommitted"]).await;
 }
 
 /// A unit of work that acks a broker job and is rolled back leaves the job held (and so

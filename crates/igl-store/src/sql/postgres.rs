@@ -13,7 +13,7 @@ use async_trait::async_trait;
 use igl_core::{
     ClaimedJob, Cursor, DeadLetter, InsertOutcome, JobQueue, JobReceipt, MessageFilter,
     MessagePage, MessageStore, NewEvent, NewJob, QueueDepth, QueueName, Storage, StoreError,
-    UnitOfWork, Updated,
+    TakenJobs, UnitOfWork, Updated,
 };
 use igl_domain::{
     Jurisdiction, Message, MessageRef, MessageStatus, MessageUpdate, Multihash, NewMessage,
@@ -465,6 +465,71 @@ async fn grant_object(
     Ok(())
 }
 
+/// Deletes up to `$3` due jobs of queue `$1` (due at `$2`), skipping rows another
+/// transaction holds, and returns them with the earliest due time of the queue's jobs that
+/// were not due yet (`next_run`). The aggregate always yields one row, so an empty take
+/// still tells when to look again: one statement per relay round.
+const TAKE_JOBS: &str = "\
+    WITH taken AS ( \
+        DELETE FROM jobs WHERE id = ANY(ARRAY( \
+            SELECT id FROM jobs WHERE queue = $1 AND run_at <= $2 \
+            ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)) \
+        RETURNING id, queue, payload, attempts, created_at, dedup_key, last_error, run_at) \
+    SELECT n.next_run, t.id, t.queue, t.payload, t.attempts, t.created_at, t.dedup_key, \
+           t.last_error \
+    FROM (SELECT MIN(run_at) AS next_run FROM jobs WHERE queue = $1 AND run_at > $2) AS n \
+    LEFT JOIN taken AS t ON true \
+    ORDER BY t.run_at, t.id";
+
+/// One row of [`TAKE_JOBS`]: the job columns are NULL when nothing was taken.
+#[derive(sqlx::FromRow)]
+struct TakenRow {
+    next_run: Option<i64>,
+    id: Option<i64>,
+    queue: Option<String>,
+    payload: Option<String>,
+    attempts: Option<i64>,
+    created_at: Option<i64>,
+    dedup_key: Option<String>,
+    last_error: Option<String>,
+}
+
+impl TakenRow {
+    fn into_job(self) -> Option<JobRow> {
+        Some(JobRow {
+            id: self.id?,
+            queue: self.queue?,
+            payload: self.payload?,
+            attempts: self.attempts?,
+            created_at: self.created_at?,
+            dedup_key: self.dedup_key,
+            last_error: self.last_error,
+        })
+    }
+}
+
+/// Jobs deleted by [`TAKE_JOBS`] in a transaction that is still open.
+struct PgTakenJobs {
+    tx: Transaction<'static, Postgres>,
+    jobs: Vec<ClaimedJob>,
+    next_due_in: Option<Duration>,
+}
+
+#[async_trait]
+impl TakenJobs for PgTakenJobs {
+    fn jobs(&self) -> &[ClaimedJob] {
+        &self.jobs
+    }
+
+    fn next_due_in(&self) -> Option<Duration> {
+        self.next_due_in
+    }
+
+    async fn commit(self: Box<Self>) -> Result<(), StoreError> {
+        self.tx.commit().await.map_err(store_error)
+    }
+}
+
 #[async_trait]
 impl JobQueue for PostgresStore {
     async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), StoreError> {
@@ -510,6 +575,36 @@ impl JobQueue for PostgresStore {
     async fn ack(&self, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
         let mut conn = self.pool.acquire().await.map_err(store_error)?;
         ack(&mut conn, receipts).await
+    }
+
+    async fn take(
+        &self,
+        queue: &QueueName,
+        max: usize,
+    ) -> Result<Option<Box<dyn TakenJobs>>, StoreError> {
+        let now = now_micros();
+        let mut tx = self.transaction().await?;
+        let rows: Vec<TakenRow> = sqlx::query_as(TAKE_JOBS)
+            .bind(queue.as_str())
+            .bind(now)
+            .bind(i64::try_from(max).unwrap_or(i64::MAX))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(store_error)?;
+        let next_due_in = rows
+            .first()
+            .and_then(|row| row.next_run)
+            .map(|run_at| micros_until(run_at, now));
+        let jobs = rows
+            .into_iter()
+            .filter_map(TakenRow::into_job)
+            .map(|row| row.into_claimed(0))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Some(Box::new(PgTakenJobs {
+            tx,
+            jobs,
+            next_due_in,
+        })))
     }
 
     async fn retry(

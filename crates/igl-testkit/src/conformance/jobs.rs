@@ -147,6 +147,63 @@ pub async fn next_due_in_tells_when_a_job_becomes_claimable(storage: &dyn JobQue
     assert!(due > Duration::from_secs(50), "{due:?}");
 }
 
+/// For backends that implement [`JobQueue::take`] (PostgreSQL; panics on one that does
+/// not): taken jobs are invisible to other takers and to claimers while the transaction is
+/// open, dropping it puts them back untouched, committing removes them, and the take tells
+/// when the next not-yet-due job becomes due.
+pub async fn take_holds_jobs_until_commit(storage: &dyn JobQueue) {
+    let q = queue("taken");
+    let ready: Vec<_> = (1..=3).map(|n| job("taken", n)).collect();
+    storage.enqueue(&ready).await.unwrap();
+    storage
+        .enqueue(&[job("taken", 4).with_delay(Duration::from_secs(60))])
+        .await
+        .unwrap();
+
+    let first = storage
+        .take(&q, 2)
+        .await
+        .unwrap()
+        .expect("this backend implements take");
+    assert_eq!(
+        first.jobs().iter().map(n_of).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    assert!(first.jobs().iter().all(|j| j.queue == q && j.attempt == 0));
+    let due = first.next_due_in().expect("the delayed job");
+    assert!(
+        due > Duration::from_secs(50) && due <= Duration::from_secs(60),
+        "{due:?}"
+    );
+
+    let second = storage.take(&q, 10).await.unwrap().unwrap();
+    assert_eq!(
+        second.jobs().iter().map(n_of).collect::<Vec<_>>(),
+        vec![3],
+        "another taker skips the held jobs"
+    );
+    drop(second);
+    let claimed = storage.claim(&q, 10, LEASE).await.unwrap();
+    assert_eq!(
+        claimed.iter().map(n_of).collect::<Vec<_>>(),
+        vec![3],
+        "a dropped take puts its job back; claimers skip held ones"
+    );
+    assert_eq!(claimed[0].attempt, 1, "the dropped take changed nothing");
+    storage.ack(&[claimed[0].receipt()]).await.unwrap();
+
+    first.commit().await.unwrap();
+    let depth = storage.depth(&q).await.unwrap();
+    assert_eq!(
+        (depth.ready, depth.scheduled, depth.in_flight),
+        (0, 1, 0),
+        "committed takes are gone; the delayed job stays"
+    );
+    let empty = storage.take(&q, 10).await.unwrap().unwrap();
+    assert!(empty.jobs().is_empty());
+    assert!(empty.next_due_in().is_some(), "an empty take still tells");
+}
+
 /// A dedup key suppresses duplicates while the job is queued or leased, and is free again
 /// after the ack.
 pub async fn dedup_key_suppresses_duplicates(storage: &dyn JobQueue) {

@@ -80,6 +80,29 @@ mod postgres {
     for_each_storage_case!(case);
 }
 
+/// PostgreSQL only (SQLite does not implement `take`; the relay claims there).
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_take_holds_jobs_until_commit() {
+    let store = igl_testkit::backends::postgres().await;
+    igl_testkit::conformance::jobs::take_holds_jobs_until_commit(&*store.storage).await;
+}
+
+/// SQLite's single writer cannot stay in a transaction while a broker confirms: it says so
+/// and the relay falls back to claim and ack.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_does_not_take() {
+    let store = igl_testkit::backends::sqlite().await;
+    store
+        .storage
+        .enqueue(&[igl_testkit::fixtures::job("taken", 1)])
+        .await
+        .unwrap();
+    let q = igl_testkit::fixtures::queue("taken");
+    assert!(store.storage.take(&q, 10).await.unwrap().is_none());
+    assert_eq!(store.storage.depth(&q).await.unwrap().ready, 1);
+}
+
 /// PostgreSQL only: an enqueue in one process (store instance) wakes a consumer waiting in
 /// another, through `NOTIFY`.
 #[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
