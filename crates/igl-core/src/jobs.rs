@@ -198,7 +198,8 @@ pub struct QueueDepth {
 /// While it lives, the jobs are invisible to other takers and claimers (row locks, not
 /// leases: nothing is written until the commit). [`TakenJobs::commit`] removes them for
 /// good; dropping it instead, or the death of the process (the database rolls back a
-/// transaction whose connection closed), puts them back at once, untouched.
+/// transaction whose connection closed), puts them back untouched as soon as the rollback
+/// reaches the database (a moment after the drop).
 #[async_trait]
 pub trait TakenJobs: Send {
     /// The jobs taken, in due order (each with `attempt` as stored, `lease_token` 0).

@@ -77,15 +77,18 @@ impl Default for RelayConfig {
 /// The transactional-outbox relay.
 ///
 /// The outbox is the SQL `jobs` table: units of work write the jobs a state change causes
-/// there, in the same transaction. For each queue the relay claims due rows with a lease
-/// (`FOR UPDATE SKIP LOCKED` on PostgreSQL, so several relay replicas share the work and
-/// never hold the same row), publishes them to the broker with publisher confirms, and only
-/// after every confirm deletes them (acks the claim). So:
+/// there, in the same transaction. For each queue the relay takes due rows
+/// ([`JobQueue::take`]: deleted in a transaction left open, `FOR UPDATE SKIP LOCKED` on
+/// PostgreSQL, so several relay replicas share the work and never hold the same row),
+/// publishes them to the broker with publisher confirms, and only after every confirm
+/// commits. An outbox that cannot take (SQLite) is claimed with a lease instead, and the
+/// claim acked (rows deleted) after the confirms. So:
 ///
 /// - a rolled-back transaction's jobs never reach the broker (they were never committed);
 /// - a committed job reaches it at least once: a relay that dies between publish and
-///   delete leaves its rows leased; after the lease another relay publishes them again,
-///   with the same job id — the consumers' idempotent handlers absorb the duplicate;
+///   commit leaves its rows in the outbox (after its lease, on the claim path), and another
+///   relay publishes them again, with the same job id — the consumers' idempotent handlers
+///   absorb the duplicate;
 /// - a delayed job is published when it becomes due, so the broker never holds it early;
 /// - a dedup key suppresses duplicates while the job waits in the outbox.
 #[derive(Debug, Clone)]

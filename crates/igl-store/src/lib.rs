@@ -6,4 +6,4 @@ pub mod objects;
 mod sql;
 
 pub use connect::{DatabaseOptions, open_storage};
-pub use sql::{PostgresStore, SqliteStore};
+pub use sql::{PostgresStore, SqliteStore, postgres_pool_options};

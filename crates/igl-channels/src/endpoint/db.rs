@@ -23,7 +23,7 @@ use std::sync::{Arc, LazyLock, Weak};
 use std::time::Duration;
 
 use sqlx::migrate::Migrator;
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgPool};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Connection, PgConnection, SqlitePool};
 
@@ -249,7 +249,7 @@ async fn open_postgres(url: &str, options: &DbOptions<'_>) -> Result<PostgresDb,
         conn.close().await?;
         connect = connect.options([("search_path", schema.as_str())]);
     }
-    let pool = PgPoolOptions::new()
+    let pool = igl_store::postgres_pool_options()
         .max_connections(options.max_connections.max(2))
         .acquire_timeout(options.connect_timeout)
         .connect_with(connect)

@@ -481,7 +481,7 @@ mod rows;
 mod sqlite;
 mod wake;
 
-pub use postgres::PostgresStore;
+pub use postgres::{PostgresStore, pool_options as postgres_pool_options};
 pub use sqlite::SqliteStore;
 
 use std::time::Duration;

@@ -6,7 +6,7 @@
 //! connection drops). An optional schema isolates several nodes (or tests) in one database.
 
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -42,17 +42,22 @@ pub struct PostgresStore {
     pool: PgPool,
     schema: String,
     wakeups: Wakeups,
-    _tasks: Arc<BackgroundTasks>,
+    tasks: Arc<BackgroundTasks>,
 }
 
-/// Aborts the LISTEN and NOTIFY tasks when the last clone of the store is dropped.
+/// The NOTIFY task, and the LISTEN task once something waits for jobs; both are aborted
+/// when the last clone of the store is dropped.
 #[derive(Debug)]
-struct BackgroundTasks(Vec<JoinHandle<()>>);
+struct BackgroundTasks {
+    publisher: JoinHandle<()>,
+    listener: OnceLock<JoinHandle<()>>,
+}
 
 impl Drop for BackgroundTasks {
     fn drop(&mut self) {
-        for task in &self.0 {
-            task.abort();
+        self.publisher.abort();
+        if let Some(listener) = self.listener.get() {
+            listener.abort();
         }
     }
 }
@@ -64,8 +69,9 @@ impl PostgresStore {
     }
 
     /// Connects to `url` with up to `max_connections`, creates `schema` if given (otherwise
-    /// uses `public`), applies migrations (serialised across processes by an advisory lock)
-    /// and starts listening for enqueue notifications.
+    /// uses `public`) and applies migrations (serialised across processes by an advisory
+    /// lock). It listens for enqueue notifications from the first
+    /// [`JobQueue::wait_for_jobs`] on.
     pub async fn connect(
         url: &str,
         max_connections: u32,
@@ -101,7 +107,7 @@ impl PostgresStore {
             conn.close().await.map_err(store_error)?;
             options = options.options([("search_path", schema.as_str())]);
         }
-        let pool = PgPoolOptions::new()
+        let pool = pool_options()
             .max_connections(max_connections.max(2))
             .acquire_timeout(timeout)
             .connect_with(options)
@@ -110,14 +116,30 @@ impl PostgresStore {
         MIGRATOR.run(&pool).await.map_err(migrate_error)?;
         let remote = Arc::new(RemotePublisher::default());
         let wakeups = Wakeups::with_remote(remote.clone());
-        let listener = tokio::spawn(listen(pool.clone(), schema.clone(), wakeups.clone()));
         let publisher = tokio::spawn(publish(pool.clone(), schema.clone(), remote));
         Ok(Self {
             pool,
             schema,
             wakeups,
-            _tasks: Arc::new(BackgroundTasks(vec![listener, publisher])),
+            tasks: Arc::new(BackgroundTasks {
+                publisher,
+                listener: OnceLock::new(),
+            }),
         })
+    }
+
+    /// Starts the LISTEN task unless it runs. Only stores that wait for jobs listen: every
+    /// `NOTIFY` signals every listening backend of the database, so a process that never
+    /// waits on this store (an API, or a worker whose jobs come from a broker) must not add
+    /// a listener. Notifications sent before the listener is up are missed; waiters poll.
+    fn listen_for_jobs(&self) {
+        self.tasks.listener.get_or_init(|| {
+            tokio::spawn(listen(
+                self.pool.clone(),
+                self.schema.clone(),
+                self.wakeups.clone(),
+            ))
+        });
     }
 
     /// The schema this store works in.
@@ -153,6 +175,29 @@ impl PostgresStore {
     async fn transaction(&self) -> Result<Transaction<'static, Postgres>, StoreError> {
         self.pool.begin().await.map_err(store_error)
     }
+}
+
+/// A connection idle for longer than this is pinged before it is handed out.
+const PING_IF_IDLE_FOR: Duration = Duration::from_secs(5);
+
+/// Pool options for a busy PostgreSQL pool. sqlx pings every connection when it goes back
+/// to the pool (that also flushes the rollback of a dropped transaction) and, by default,
+/// again before handing it out: a second round trip on every acquire. Here only a
+/// connection that sat idle for [`PING_IF_IDLE_FOR`] or longer is pinged before use (the
+/// one a restarted server most likely closed); a busy one was checked when it was released
+/// a moment ago. A connection that died in between fails its statement, which callers see
+/// as [`StoreError::Unavailable`] (retried), and the pool replaces it.
+pub fn pool_options() -> PgPoolOptions {
+    PgPoolOptions::new()
+        .test_before_acquire(false)
+        .before_acquire(|conn, meta| {
+            Box::pin(async move {
+                if meta.idle_for >= PING_IF_IDLE_FOR {
+                    conn.ping().await?;
+                }
+                Ok(true)
+            })
+        })
 }
 
 fn is_identifier(name: &str) -> bool {
@@ -740,6 +785,7 @@ impl JobQueue for PostgresStore {
     }
 
     async fn wait_for_jobs(&self, queue: &QueueName, timeout: Duration) {
+        self.listen_for_jobs();
         self.wakeups.wait(queue.as_str(), timeout).await;
     }
 }

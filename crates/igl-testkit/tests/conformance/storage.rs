@@ -103,6 +103,103 @@ async fn sqlite_does_not_take() {
     assert_eq!(store.storage.depth(&q).await.unwrap().ready, 1);
 }
 
+/// PostgreSQL only: pooled connections are not pinged before use unless they sat idle, so
+/// after the server closes them all (a restart, `pg_terminate_backend`) a statement may
+/// fail once per pooled connection — as a retryable `Unavailable` — and then the store works
+/// again with fresh connections.
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_recovers_when_the_server_closes_its_connections() {
+    use igl_core::{JobQueue, StoreError};
+
+    let base = igl_testkit::backends::postgres_url().unwrap();
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}application_name={schema}");
+    let store = igl_store::PostgresStore::connect(&url, 2, Some(&schema))
+        .await
+        .unwrap();
+    let q = igl_testkit::fixtures::queue("closed");
+    store
+        .enqueue(&[igl_testkit::fixtures::job("closed", 1)])
+        .await
+        .unwrap();
+
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&schema)
+    .fetch_all(&admin)
+    .await
+    .unwrap();
+    assert!(!terminated.is_empty(), "the pool had connections to close");
+
+    let mut failures = 0;
+    let depth = loop {
+        match store.depth(&q).await {
+            Ok(depth) => break depth,
+            Err(StoreError::Unavailable(_)) if failures < 3 => failures += 1,
+            Err(error) => panic!("not a retryable failure, or too many: {error}"),
+        }
+    };
+    eprintln!("failures before recovery: {failures}");
+    assert_eq!(depth.ready, 1, "the job survived; failures: {failures}");
+    igl_store::PostgresStore::drop_schema(&base, &schema)
+        .await
+        .unwrap();
+}
+
+/// PostgreSQL only: a store holds no LISTEN connection until something waits for its jobs
+/// (every NOTIFY signals every listening backend of the database, so the APIs and the
+/// broker-fed workers of a scale-out node must not listen); the first wait starts one.
+#[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_store_listens_only_once_something_waits() {
+    use std::time::Duration;
+
+    use igl_core::JobQueue;
+
+    let base = igl_testkit::backends::postgres_url().unwrap();
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}application_name={schema}");
+    let store = igl_store::PostgresStore::connect(&url, 2, Some(&schema))
+        .await
+        .unwrap();
+    let q = igl_testkit::fixtures::queue("listen");
+    store
+        .enqueue(&[igl_testkit::fixtures::job("listen", 1)])
+        .await
+        .unwrap();
+    let admin = sqlx::PgPool::connect(&base).await.unwrap();
+    let listeners = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM pg_stat_activity \
+             WHERE application_name = $1 AND query ILIKE 'LISTEN%'",
+        )
+        .bind(&schema)
+        .fetch_one(&admin)
+        .await
+        .unwrap()
+    };
+    store.depth(&q).await.unwrap();
+    assert_eq!(listeners().await, 0, "enqueues and reads do not listen");
+
+    store.wait_for_jobs(&q, Duration::ZERO).await;
+    igl_testkit::conformance::jobs::eventually(
+        "the first wait to start a listener",
+        Duration::from_secs(10),
+        || async { listeners().await == 1 },
+    )
+    .await;
+    store.wait_for_jobs(&q, Duration::ZERO).await;
+    assert_eq!(listeners().await, 1, "one listener per store");
+    igl_store::PostgresStore::drop_schema(&base, &schema)
+        .await
+        .unwrap();
+}
+
 /// PostgreSQL only: an enqueue in one process (store instance) wakes a consumer waiting in
 /// another, through `NOTIFY`.
 #[cfg_attr(igl_skip_postgres, ignore = "set IGL_TEST_POSTGRES_URL to run")]
@@ -121,8 +218,9 @@ async fn postgres_enqueue_wakes_consumers_in_other_processes() {
         .await
         .unwrap();
     let queue = igl_testkit::fixtures::queue("cross");
-    // Let the consumer's LISTEN connection come up.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The consumer starts listening with its first wait; a notification sent before its
+    // LISTEN is up is missed, so the producer enqueues until the waiter wakes (each enqueue
+    // notifies), well before the wait's own 20 s timeout.
     let waiter = {
         let queue = queue.clone();
         tokio::spawn(async move {
@@ -133,15 +231,19 @@ async fn postgres_enqueue_wakes_consumers_in_other_processes() {
             start.elapsed()
         })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    producer
-        .enqueue(&[igl_testkit::fixtures::job("cross", 1)])
-        .await
-        .unwrap();
+    let mut enqueued = 0;
+    while !waiter.is_finished() && enqueued < 50 {
+        producer
+            .enqueue(&[igl_testkit::fixtures::job("cross", enqueued)])
+            .await
+            .unwrap();
+        enqueued += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     let waited = waiter.await.unwrap();
     assert!(
         waited < Duration::from_secs(10),
-        "woke after {waited:?}, not at the timeout"
+        "woke after {waited:?} ({enqueued} enqueues), not at the timeout"
     );
     igl_store::PostgresStore::drop_schema(&url, &schema)
         .await
