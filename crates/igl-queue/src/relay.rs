@@ -53,10 +53,11 @@ const MIN_IDLE_WAIT: Duration = Duration::from_millis(5);
 /// How the relay claims outbox rows.
 #[derive(Debug, Clone)]
 pub struct RelayConfig {
-    /// Rows claimed and published per round, per queue.
+    /// Rows taken (or claimed) and published per round, per queue.
     pub batch: usize,
-    /// How long claimed rows stay invisible to other relay replicas: if this relay dies
-    /// before marking them sent, another one publishes them after this.
+    /// On an outbox without [`JobQueue::take`] (SQLite), how long claimed rows stay
+    /// invisible to other relay replicas: if this relay dies before marking them sent,
+    /// another one publishes them after this. Taken rows (PostgreSQL) need no lease.
     pub lease: Duration,
     /// Longest wait for new rows before looking again. An idle relay wakes up when an
     /// enqueue notifies it or when the next row is due (it asks the outbox when that is),
