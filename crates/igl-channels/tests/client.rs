@@ -706,6 +706,42 @@ async fn a_pending_message_is_posted_tracked_and_accepted() {
     assert_eq!(depth.ready + depth.scheduled + depth.dead, 0, "{depth:?}");
 }
 
+/// A channel whose answer to the post already says `confirmed` (our shared-db endpoint)
+/// gets no poll: the router accepts the message, with its status event, in the unit of
+/// work that records the post.
+#[tokio::test]
+async fn a_message_confirmed_in_the_post_answer_is_accepted_without_a_poll() {
+    let fake = Arc::new(FakeChannel::default());
+    fake.script_post(Reply::json(
+        StatusCode::CREATED,
+        json!({"id": 1, "status": "confirmed"}),
+    ));
+    let node = Node::new(serve(fake.clone()).await).await;
+    let reference = node.submit("confirmed-1", "SG").await;
+
+    let report = node.route().await;
+    assert_eq!((report.done, report.retried), (1, 0), "{report:?}");
+    let message = node.message(&reference).await;
+    assert_eq!(message.status, MessageStatus::Accepted);
+    assert_eq!(message.channel_status, Some(ChannelStatus::Confirmed));
+    assert_eq!(message.channel_txn_id.as_deref(), Some("1"));
+    assert_eq!(
+        node.status_event(&reference, "accepted").await,
+        Some(json!({"predicate": "message.confirmed-1.status", "sender_ref": "AU:confirmed-1"}))
+    );
+    let depth = node.store.depth(&CHANNEL_POLL_QUEUE).await.unwrap();
+    assert_eq!(depth, Default::default(), "no poll job");
+
+    // A repeated route job changes nothing and posts nothing.
+    node.enqueue(PipelineJob::route(&reference)).await;
+    node.route().await;
+    assert_eq!(fake.posts().len(), 1);
+    assert_eq!(
+        node.message(&reference).await.status,
+        MessageStatus::Accepted
+    );
+}
+
 #[tokio::test]
 async fn a_message_no_rule_accepts_is_rejected_with_the_reason() {
     let fake = Arc::new(FakeChannel::default());

@@ -468,7 +468,8 @@ async fn channel_api_matches_the_reference_wire() {
         (200, json!({"service": "shared-db-channel"}))
     );
 
-    // 201 {"id"} with the Link header.
+    // 201 {"id"} with the Link header; plus "status": the reference answers the id only,
+    // and its clients read nothing else (REFERENCE-WIRE §5.1: any 2xx with an "id").
     let response = http
         .post(format!("{au_url}/messages"))
         .json(&message_to("SG"))
@@ -479,7 +480,7 @@ async fn channel_api_matches_the_reference_wire() {
     let link = response.headers()["link"].to_str().unwrap().to_owned();
     let body: Value = response.json().await.unwrap();
     let id = body["id"].as_i64().unwrap();
-    assert_eq!(body, json!({ "id": id }));
+    assert_eq!(body, json!({ "id": id, "status": "confirmed" }));
     assert_eq!(
         link,
         format!("<{au_url}/messages/subscriptions/by_id>; rel=\"hub\", <{id}>; rel=\"self\"")
@@ -1212,10 +1213,19 @@ async fn repeated_posts_return_the_stored_message(backend: Backend) {
         post_with_key(http, &au_url, &message_to("SG"), Some("AU:coo-1")).await;
     assert_eq!((status, replayed), (201, None));
     let id = first["id"].as_i64().unwrap();
+    assert_eq!(
+        first,
+        json!({ "id": id, "status": "confirmed" }),
+        "committed to the medium before the answer: confirmed"
+    );
     let (status, replayed, second) =
         post_with_key(http, &au_url, &message_to("SG"), Some("AU:coo-1")).await;
     assert_eq!((status, replayed.as_deref()), (201, Some("true")));
-    assert_eq!(second, json!({ "id": id }));
+    assert_eq!(
+        second,
+        json!({ "id": id }),
+        "a replay does not vouch for the status"
+    );
     assert_eq!(sent_by_au(http, &au_url).await, vec![id]);
 
     // Concurrent posts with one key (one group-committed batch or several): one message.

@@ -145,11 +145,12 @@ impl FromStr for MessageStatus {
 ///
 /// ```text
 ///   received ──► confirmed ──► revoked ──► received (re-posted)
-///      └───────► undeliverable
+///      └───────► undeliverable        └──► confirmed (re-posted, confirmed in the answer)
 ///      └───────► revoked
 /// ```
 /// `undeliverable` is final. `revoked` (e.g. a chain reorganisation removed the message)
-/// may go back to `received` when the node posts the message again.
+/// may go back to `received` when the node posts the message again, or straight to
+/// `confirmed` when the channel's answer to that post already confirms it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ChannelStatus {
@@ -191,7 +192,7 @@ impl ChannelStatus {
         match (self, to) {
             (Received, Confirmed | Undeliverable | Revoked)
             | (Confirmed, Revoked)
-            | (Revoked, Received) => Ok(StatusChange::Changed { from: self, to }),
+            | (Revoked, Received | Confirmed) => Ok(StatusChange::Changed { from: self, to }),
             (Undeliverable, _) => Err(TransitionError::Final {
                 current: self.to_string(),
             }),
@@ -270,6 +271,7 @@ mod tests {
         assert!(C::Received.transition(C::Confirmed).unwrap().is_change());
         assert!(C::Confirmed.transition(C::Revoked).unwrap().is_change());
         assert!(C::Revoked.transition(C::Received).unwrap().is_change());
+        assert!(C::Revoked.transition(C::Confirmed).unwrap().is_change());
         assert!(matches!(
             C::Undeliverable.transition(C::Confirmed),
             Err(TransitionError::Final { .. })

@@ -1,15 +1,19 @@
 //! The router (REFERENCE-WIRE §4.2, without its defects): for an outbound `pending`
 //! message, pick a channel from the routing table, post the message to it, and record the
 //! channel's id for it — the message stays `pending` (with `channel_status = received`)
-//! until the channel poller sees the channel confirm it.
+//! until the channel poller sees the channel confirm it. When the answer to the post
+//! already says `confirmed` (our shared-db endpoints: their commit is the confirmation,
+//! and they answer after it), the message is `accepted` in the same unit of work, with its
+//! status event, and no poll is needed.
 //!
 //! - **Which channel**: the rules accepting the message are tried in table order; the
 //!   first channel that takes the post wins. A channel that is unavailable (unreachable,
 //!   timing out, 5xx, 429, its circuit open, or misconfigured: 401, 403, a 404 or 405 on
 //!   `POST /messages`) is skipped for now; a channel that refuses the message itself
 //!   (400 and the other 4xx) is skipped for good.
-//! - **Outcomes**: posted → channel fields recorded and a `channel-poll.v1` job queued,
-//!   with the ack, in one unit of work. No rule accepts the message, or every accepting
+//! - **Outcomes**: posted → channel fields recorded and a `channel-poll.v1` job queued
+//!   (or, confirmed in the answer, the message accepted), with the ack, in one unit of
+//!   work. No rule accepts the message, or every accepting
 //!   channel refused it → the message is `rejected`, and the `message.<ref>.status` event
 //!   carries the reason as an extra `reason` field (also logged). Some accepting channel
 //!   was only unavailable → the job is retried with backoff (`Retry-After` when the
@@ -35,7 +39,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use igl_core::channel::routing::RoutingRule;
-use igl_core::channel::{ChannelError, ChannelReceipt, Channels};
+use igl_core::channel::{ChannelError, ChannelReceipt, Channels, RemoteStatus};
 use igl_core::pipeline::{MessageJob, PipelineJob, status_event};
 use igl_core::{ClaimedJob, Storage, StoreError};
 use igl_domain::{ChannelStatus, Message, MessageRef, MessageStatus, MessageUpdate};
@@ -203,11 +207,20 @@ impl RouteMessage {
         post_ms: u64,
     ) -> Result<Handled, JobError> {
         let recording = std::time::Instant::now();
+        let confirmed = receipt
+            .status
+            .as_ref()
+            .and_then(RemoteStatus::posting_status)
+            == Some(ChannelStatus::Confirmed);
         let update = MessageUpdate {
+            status: confirmed.then_some(MessageStatus::Accepted),
             channel_id: Some(rule.channel_id.clone()),
             channel_txn_id: Some(receipt.id.clone()),
-            channel_status: Some(ChannelStatus::Received),
-            ..MessageUpdate::default()
+            channel_status: Some(if confirmed {
+                ChannelStatus::Confirmed
+            } else {
+                ChannelStatus::Received
+            }),
         };
         let mut attempt = 1;
         loop {
@@ -248,6 +261,7 @@ impl RouteMessage {
             channel_txn_id = %receipt.id,
             post_ms,
             record_ms = recording.elapsed().as_millis() as u64,
+            confirmed,
             "message posted to channel"
         );
         Ok(Handled::AckedInTransaction)
@@ -260,8 +274,16 @@ impl RouteMessage {
         update: &MessageUpdate,
     ) -> Result<(), StoreError> {
         let mut unit = self.storage.begin().await?;
-        unit.update_message(reference, update).await?;
-        unit.enqueue(&[self.poll_job(reference)]).await?;
+        let updated = unit.update_message(reference, update).await?;
+        if update.status == Some(MessageStatus::Accepted) {
+            // Confirmed in the post's answer: nothing left to poll for.
+            if updated.status_changed() {
+                unit.append_event(&status_event(&updated.after, MessageStatus::Accepted))
+                    .await?;
+            }
+        } else {
+            unit.enqueue(&[self.poll_job(reference)]).await?;
+        }
         unit.ack(&[job.receipt()]).await?;
         unit.commit().await
     }

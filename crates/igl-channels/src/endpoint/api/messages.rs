@@ -101,7 +101,15 @@ pub(super) async fn post_message(
         "<{}/messages/subscriptions/by_id>; rel=\"hub\", <{id}>; rel=\"self\"",
         shared.config.public_base()
     );
-    let mut response = json_response(StatusCode::CREATED, &json!({ "id": id }));
+    // A message created now was committed to the medium before this answer: it is
+    // confirmed (the node's router accepts it without polling). A replayed post answers
+    // with the id only: the stored message's status may have changed since.
+    let body = if replayed {
+        json!({ "id": id })
+    } else {
+        json!({ "id": id, "status": "confirmed" })
+    };
+    let mut response = json_response(StatusCode::CREATED, &body);
     if let Ok(link) = HeaderValue::from_str(&link) {
         response.headers_mut().insert(header::LINK, link);
     }
