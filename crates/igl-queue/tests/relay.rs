@@ -53,6 +53,37 @@ fn polling_relay(
     )
 }
 
+/// A surviving relay publishes the row of `name` again (within `deadline`), leaving the
+/// outbox empty.
+async fn republished_by_a_survivor(shape: &Shape, name: &str, deadline: Duration) {
+    let q = queue(name);
+    let survivor = relay(shape, &[name], LEASE);
+    eventually("the row to be published again", deadline, || async {
+        survivor.relay_once(&q).await.unwrap() == 1
+    })
+    .await;
+    assert_eq!(
+        shape.sql.storage.depth(&q).await.unwrap(),
+        Default::default(),
+        "the survivor removed the row from the outbox"
+    );
+}
+
+/// Claims from the broker until both copies of a twice-published job are held.
+async fn both_copies(shape: &Shape, name: &str) -> Vec<igl_core::ClaimedJob> {
+    let q = queue(name);
+    let mut copies = Vec::new();
+    while copies.len() < 2 {
+        let mut claimed = eventually_some("both copies", Duration::from_secs(10), || async {
+            let claimed = shape.storage.claim(&q, 10, LEASE).await.unwrap();
+            (!claimed.is_empty()).then_some(claimed)
+        })
+        .await;
+        copies.append(&mut claimed);
+    }
+    copies
+}
+
 /// A committed unit of work's jobs reach the broker once relayed; a rolled-back one's
 /// never do; the outbox is empty afterwards.
 #[cfg_attr(
@@ -132,28 +163,10 @@ async fn a_relay_killed_before_marking_republishes_and_the_consumer_absorbs_it()
     drop(dying);
 
     // Its replacement publishes the row again once the lease has expired.
-    let survivor = relay(&shape, &["crashy"], LEASE);
-    eventually(
-        "the row to be published again",
-        Duration::from_secs(10),
-        || async { survivor.relay_once(&q).await.unwrap() == 1 },
-    )
-    .await;
-    assert_eq!(
-        shape.sql.storage.depth(&q).await.unwrap(),
-        Default::default()
-    );
+    republished_by_a_survivor(&shape, "crashy", Duration::from_secs(10)).await;
 
     // The consumer: one event per job id, appended and acked in one unit of work.
-    let mut deliveries = Vec::new();
-    while deliveries.len() < 2 {
-        let mut claimed = eventually_some("both copies", Duration::from_secs(10), || async {
-            let claimed = shape.storage.claim(&q, 10, LEASE).await.unwrap();
-            (!claimed.is_empty()).then_some(claimed)
-        })
-        .await;
-        deliveries.append(&mut claimed);
-    }
+    let deliveries = both_copies(&shape, "crashy").await;
     assert_eq!(deliveries[0].id, deliveries[1].id, "the same job twice");
     let mut effects = 0;
     for delivery in &deliveries {
@@ -205,27 +218,8 @@ async fn a_relay_that_dies_before_committing_its_take_leaves_the_rows_at_once() 
     drop(dying);
 
     // No lease to wait for: the row is back as soon as the rollback reaches the server.
-    let survivor = relay(&shape, &["uncommitted"], LEASE);
-    eventually(
-        "the row to be published again",
-        Duration::from_secs(5),
-        || async { survivor.relay_once(&q).await.unwrap() == 1 },
-    )
-    .await;
-    assert_eq!(
-        shape.sql.storage.depth(&q).await.unwrap(),
-        Default::default(),
-        "the survivor's commit removed the row"
-    );
-    let mut copies = Vec::new();
-    while copies.len() < 2 {
-        let mut claimed = eventually_some("both copies", Duration::from_secs(10), || async {
-            let claimed = shape.storage.claim(&q, 10, LEASE).await.unwrap();
-            (!claimed.is_empty()).then_some(claimed)
-        })
-        .await;
-        copies.append(&mut claimed);
-    }
+    republished_by_a_survivor(&shape, "uncommitted", Duration::from_secs(5)).await;
+    let copies = both_copies(&shape, "uncommitted").await;
     assert!(
         copies.iter().all(|copy| copy.id == id),
         "the same job twice"

@@ -103,6 +103,20 @@ async fn sqlite_does_not_take() {
     assert_eq!(store.storage.depth(&q).await.unwrap().ready, 1);
 }
 
+/// A PostgreSQL store in a fresh schema whose connections carry the schema as their
+/// `application_name` (to find them in `pg_stat_activity`), with the server URL and the
+/// schema name.
+async fn tagged_postgres_store() -> (String, String, igl_store::PostgresStore) {
+    let base = igl_testkit::backends::postgres_url().unwrap();
+    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let url = format!("{base}{separator}application_name={schema}");
+    let store = igl_store::PostgresStore::connect(&url, 2, Some(&schema))
+        .await
+        .unwrap();
+    (base, schema, store)
+}
+
 /// PostgreSQL only: pooled connections are not pinged before use unless they sat idle, so
 /// after the server closes them all (a restart, `pg_terminate_backend`) a statement may
 /// fail once per pooled connection — as a retryable `Unavailable` — and then the store works
@@ -112,13 +126,7 @@ async fn sqlite_does_not_take() {
 async fn postgres_store_recovers_when_the_server_closes_its_connections() {
     use igl_core::{JobQueue, StoreError};
 
-    let base = igl_testkit::backends::postgres_url().unwrap();
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}application_name={schema}");
-    let store = igl_store::PostgresStore::connect(&url, 2, Some(&schema))
-        .await
-        .unwrap();
+    let (base, schema, store) = tagged_postgres_store().await;
     let q = igl_testkit::fixtures::queue("closed");
     store
         .enqueue(&[igl_testkit::fixtures::job("closed", 1)])
@@ -160,13 +168,7 @@ async fn postgres_store_listens_only_once_something_waits() {
 
     use igl_core::JobQueue;
 
-    let base = igl_testkit::backends::postgres_url().unwrap();
-    let schema = format!("t_{}", uuid::Uuid::new_v4().simple());
-    let separator = if base.contains('?') { '&' } else { '?' };
-    let url = format!("{base}{separator}application_name={schema}");
-    let store = igl_store::PostgresStore::connect(&url, 2, Some(&schema))
-        .await
-        .unwrap();
+    let (base, schema, store) = tagged_postgres_store().await;
     let q = igl_testkit::fixtures::queue("listen");
     store
         .enqueue(&[igl_testkit::fixtures::job("listen", 1)])
