@@ -210,6 +210,11 @@ pub trait TakenJobs: Send {
     /// another taker do not count.
     fn next_due_in(&self) -> Option<Duration>;
 
+    /// How many due jobs of the queue this take did not get: held by another taker (in
+    /// the middle of its own take), or left for the next take by `max`. A take that got
+    /// nothing while jobs were due lost the race to another taker, which is working.
+    fn held_elsewhere(&self) -> u64;
+
     /// Removes the taken jobs from the queue (commits the transaction).
     ///
     /// # Errors

@@ -454,6 +454,7 @@ pub async fn start(
                 idle_poll: RelayConfig::default()
                     .idle_poll
                     .max(settings.queue.poll_interval()),
+                ..RelayConfig::default()
             },
         );
         let stop = shutdown.child_token();

@@ -59,6 +59,11 @@ pub struct RelayConfig {
     /// invisible to other relay replicas: if this relay dies before marking them sent,
     /// another one publishes them after this. Taken rows (PostgreSQL) need no lease.
     pub lease: Duration,
+    /// How long a relay that found every due row of a queue held by another relay (both
+    /// were woken by the same enqueue; the other one won) leaves that queue to it before
+    /// looking again, answering no wake-up meanwhile. Saves a losing take per enqueue with
+    /// several replicas; if the winner dies, its rows wait at most this long.
+    pub yield_to_peer: Duration,
     /// Longest wait for new rows before looking again. An idle relay wakes up when an
     /// enqueue notifies it or when the next row is due (it asks the outbox when that is),
     /// so this is only a safety net for lost notifications.
@@ -70,6 +75,7 @@ impl Default for RelayConfig {
         Self {
             batch: 256,
             lease: Duration::from_secs(30),
+            yield_to_peer: Duration::from_millis(250),
             idle_poll: Duration::from_secs(5),
         }
     }
@@ -161,6 +167,7 @@ impl OutboxRelay {
         if taken.jobs().is_empty() {
             return Ok(Round {
                 published: 0,
+                held_elsewhere: taken.held_elsewhere(),
                 next_due_in,
             });
         }
@@ -170,6 +177,7 @@ impl OutboxRelay {
         taken.commit().await?;
         Ok(Round {
             published,
+            held_elsewhere: 0,
             next_due_in,
         })
     }
@@ -184,6 +192,7 @@ impl OutboxRelay {
         if jobs.is_empty() {
             return Ok(Round {
                 published: 0,
+                held_elsewhere: 0,
                 next_due_in: None,
             });
         }
@@ -209,6 +218,7 @@ impl OutboxRelay {
         }
         Ok(Round {
             published: jobs.len(),
+            held_elsewhere: 0,
             next_due_in: None,
         })
     }
@@ -256,6 +266,15 @@ impl OutboxRelay {
             match self.round(queue).await {
                 // A full batch: more rows are probably due.
                 Ok(round) if round.published >= self.config.batch.max(1) => failures = 0,
+                // Another relay is publishing this queue's due rows: leave it to that one
+                // for a moment rather than racing it for every enqueue.
+                Ok(round) if round.published == 0 && round.held_elsewhere > 0 => {
+                    failures = 0;
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(self.config.yield_to_peer) => {}
+                    }
+                }
                 // Rows enqueued during the round left a wake-up, so the wait ends at once.
                 Ok(round) => {
                     failures = 0;
@@ -284,6 +303,8 @@ impl OutboxRelay {
 /// What one relay round did.
 struct Round {
     published: usize,
+    /// Due rows another relay held when this round found nothing to take.
+    held_elsewhere: u64,
     /// When the next not-yet-due row becomes due, if the round found out (`Some(None)`:
     /// there is none); `None` when it could not tell.
     next_due_in: Option<Option<Duration>>,

@@ -49,6 +49,7 @@ fn polling_relay(
             batch: 64,
             lease,
             idle_poll,
+            ..RelayConfig::default()
         },
     )
 }
@@ -347,4 +348,59 @@ async fn an_idle_relay_wakes_when_a_delayed_row_is_due() {
     running.await.unwrap();
     assert_eq!(shape.storage.depth(&q).await.unwrap(), Default::default());
     shape.broker.cleanup(&["due-later"]).await;
+}
+
+/// A relay that finds every due row held by another relay (it lost the race for them)
+/// leaves the queue to that one for `yield_to_peer`, then looks again: if the other relay
+/// died before committing, its rows are published a moment later — not after the 30 s
+/// safety-net poll, since a rollback notifies nobody.
+#[cfg_attr(
+    igl_skip_broker_shape,
+    ignore = "set IGL_TEST_POSTGRES_URL and IGL_TEST_AMQP_URL to run"
+)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_lost_the_race_takes_over_when_the_winner_dies() {
+    let shape = shape().await;
+    let q = queue("raced");
+    shape.storage.enqueue(&[job("raced", 1)]).await.unwrap();
+    let winner = shape.sql.storage.take(&q, 10).await.unwrap().expect("take");
+    assert_eq!(winner.jobs().len(), 1);
+
+    let relay = OutboxRelay::new(
+        shape.sql.storage.clone(),
+        shape.broker.queue.clone(),
+        vec![q.clone()],
+        RelayConfig {
+            yield_to_peer: Duration::from_millis(200),
+            idle_poll: Duration::from_secs(30),
+            ..RelayConfig::default()
+        },
+    );
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(relay.run(shutdown.clone()));
+    // The relay finds the row held (unless it is slower than this test); then the winner
+    // dies unpublished.
+    assert_eq!(
+        shape.broker.queue.depth(&q).await.unwrap(),
+        Default::default()
+    );
+    let died = std::time::Instant::now();
+    drop(winner);
+
+    let claimed = eventually_some("the row at the broker", Duration::from_secs(10), || async {
+        let claimed = shape.broker.queue.claim(&q, 10, LEASE).await.unwrap();
+        (!claimed.is_empty()).then_some(claimed)
+    })
+    .await;
+    assert!(
+        died.elapsed() < Duration::from_secs(10),
+        "published after {:?}",
+        died.elapsed()
+    );
+    let receipts: Vec<_> = claimed.iter().map(|job| job.receipt()).collect();
+    assert_eq!(shape.broker.queue.ack(&receipts).await.unwrap(), 1);
+    shutdown.cancel();
+    running.await.unwrap();
+    assert_eq!(shape.storage.depth(&q).await.unwrap(), Default::default());
+    shape.broker.cleanup(&["raced"]).await;
 }

@@ -512,17 +512,20 @@ async fn grant_object(
 
 /// Deletes up to `$3` due jobs of queue `$1` (due at `$2`), skipping rows another
 /// transaction holds, and returns them with the earliest due time of the queue's jobs that
-/// were not due yet (`next_run`). The aggregate always yields one row, so an empty take
-/// still tells when to look again: one statement per relay round.
+/// were not due yet (`next_run`) and how many were due (`due`, the taken ones included:
+/// rows another taker is deleting are still visible). The aggregate always yields one row,
+/// so an empty take still tells when to look again: one statement per relay round.
 const TAKE_JOBS: &str = "\
     WITH taken AS ( \
         DELETE FROM jobs WHERE id = ANY(ARRAY( \
             SELECT id FROM jobs WHERE queue = $1 AND run_at <= $2 \
             ORDER BY run_at, id LIMIT $3 FOR UPDATE SKIP LOCKED)) \
         RETURNING id, queue, payload, attempts, created_at, dedup_key, last_error, run_at) \
-    SELECT n.next_run, t.id, t.queue, t.payload, t.attempts, t.created_at, t.dedup_key, \
-           t.last_error \
-    FROM (SELECT MIN(run_at) AS next_run FROM jobs WHERE queue = $1 AND run_at > $2) AS n \
+    SELECT n.next_run, n.due, t.id, t.queue, t.payload, t.attempts, t.created_at, \
+           t.dedup_key, t.last_error \
+    FROM (SELECT MIN(run_at) FILTER (WHERE run_at > $2) AS next_run, \
+                 count(*) FILTER (WHERE run_at <= $2) AS due \
+          FROM jobs WHERE queue = $1) AS n \
     LEFT JOIN taken AS t ON true \
     ORDER BY t.run_at, t.id";
 
@@ -530,6 +533,7 @@ const TAKE_JOBS: &str = "\
 #[derive(sqlx::FromRow)]
 struct TakenRow {
     next_run: Option<i64>,
+    due: i64,
     id: Option<i64>,
     queue: Option<String>,
     payload: Option<String>,
@@ -558,6 +562,7 @@ struct PgTakenJobs {
     tx: Transaction<'static, Postgres>,
     jobs: Vec<ClaimedJob>,
     next_due_in: Option<Duration>,
+    held_elsewhere: u64,
 }
 
 #[async_trait]
@@ -568,6 +573,10 @@ impl TakenJobs for PgTakenJobs {
 
     fn next_due_in(&self) -> Option<Duration> {
         self.next_due_in
+    }
+
+    fn held_elsewhere(&self) -> u64 {
+        self.held_elsewhere
     }
 
     async fn commit(self: Box<Self>) -> Result<(), StoreError> {
@@ -640,15 +649,20 @@ impl JobQueue for PostgresStore {
             .first()
             .and_then(|row| row.next_run)
             .map(|run_at| micros_until(run_at, now));
+        let due = rows
+            .first()
+            .map_or(0, |row| u64::try_from(row.due).unwrap_or(0));
         let jobs = rows
             .into_iter()
             .filter_map(TakenRow::into_job)
             .map(|row| row.into_claimed(0))
             .collect::<Result<Vec<_>, _>>()?;
+        let held_elsewhere = due.saturating_sub(jobs.len() as u64);
         Ok(Some(Box::new(PgTakenJobs {
             tx,
             jobs,
             next_due_in,
+            held_elsewhere,
         })))
     }
 

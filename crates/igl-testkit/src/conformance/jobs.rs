@@ -182,6 +182,8 @@ pub async fn take_holds_jobs_until_commit(storage: &dyn JobQueue) {
         vec![3],
         "another taker skips the held jobs"
     );
+    assert_eq!(second.held_elsewhere(), 2, "and says how many it skipped");
+    assert_eq!(first.held_elsewhere(), 1, "the job left for the next take");
     drop(second);
     // The rollback reaches the server a moment after the drop.
     let claimed = eventually_some(
@@ -210,6 +212,7 @@ pub async fn take_holds_jobs_until_commit(storage: &dyn JobQueue) {
     );
     let empty = storage.take(&q, 10).await.unwrap().unwrap();
     assert!(empty.jobs().is_empty());
+    assert_eq!(empty.held_elsewhere(), 0);
     assert!(empty.next_due_in().is_some(), "an empty take still tells");
 }
 
