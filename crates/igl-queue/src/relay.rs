@@ -163,23 +163,17 @@ impl OutboxRelay {
         queue: &QueueName,
         taken: Box<dyn TakenJobs>,
     ) -> Result<Round, StoreError> {
-        let next_due_in = Some(taken.next_due_in());
-        if taken.jobs().is_empty() {
-            return Ok(Round {
-                published: 0,
-                held_elsewhere: taken.held_elsewhere(),
-                next_due_in,
-            });
+        let round = Round {
+            published: taken.jobs().len(),
+            held_elsewhere: taken.held_elsewhere(),
+            next_due_in: Some(taken.next_due_in()),
+        };
+        if round.published > 0 {
+            self.broker.publish_outbox(taken.jobs()).await?;
+            record_publish_lag(queue, taken.jobs());
+            taken.commit().await?;
         }
-        self.broker.publish_outbox(taken.jobs()).await?;
-        record_publish_lag(queue, taken.jobs());
-        let published = taken.jobs().len();
-        taken.commit().await?;
-        Ok(Round {
-            published,
-            held_elsewhere: 0,
-            next_due_in,
-        })
+        Ok(round)
     }
 
     /// An outbox that cannot hold a transaction open (SQLite's single writer would stall
@@ -190,11 +184,7 @@ impl OutboxRelay {
             .claim(queue, self.config.batch, self.config.lease)
             .await?;
         if jobs.is_empty() {
-            return Ok(Round {
-                published: 0,
-                held_elsewhere: 0,
-                next_due_in: None,
-            });
+            return Ok(Round::claimed(0));
         }
         let receipts: Vec<_> = jobs.iter().map(|job| job.receipt()).collect();
         if let Err(error) = self.broker.publish_outbox(&jobs).await {
@@ -216,11 +206,7 @@ impl OutboxRelay {
                 "outbox leases lost before marking rows sent; they will be published again"
             );
         }
-        Ok(Round {
-            published: jobs.len(),
-            held_elsewhere: 0,
-            next_due_in: None,
-        })
+        Ok(Round::claimed(jobs.len()))
     }
 
     /// Relays every queue until `shutdown` is cancelled (one loop per queue). Failures
@@ -303,11 +289,23 @@ impl OutboxRelay {
 /// What one relay round did.
 struct Round {
     published: usize,
-    /// Due rows another relay held when this round found nothing to take.
+    /// Due rows this round did not take (held by another relay, or beyond the batch).
     held_elsewhere: u64,
     /// When the next not-yet-due row becomes due, if the round found out (`Some(None)`:
     /// there is none); `None` when it could not tell.
     next_due_in: Option<Option<Duration>>,
+}
+
+impl Round {
+    /// A round on the claim path, which learns neither the next due time nor what other
+    /// relays hold.
+    fn claimed(published: usize) -> Self {
+        Self {
+            published,
+            held_elsewhere: 0,
+            next_due_in: None,
+        }
+    }
 }
 
 fn record_publish_lag(queue: &QueueName, jobs: &[ClaimedJob]) {

@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use igl_core::{EventLog, JobQueue, Storage};
+use igl_core::{
+    ClaimedJob, DeadLetter, EventLog, JobQueue, JobReceipt, NewJob, QueueDepth, QueueName, Storage,
+    StoreError, TakenJobs,
+};
 use igl_queue::{BrokeredStorage, OutboxRelay, RelayConfig};
 use igl_testkit::backends::{TestBroker, TestStorage, amqp, postgres};
 use igl_testkit::conformance::jobs::{eventually, eventually_some};
@@ -350,6 +353,91 @@ async fn an_idle_relay_wakes_when_a_delayed_row_is_due() {
     shape.broker.cleanup(&["due-later"]).await;
 }
 
+/// The real PostgreSQL outbox, telling the test when one of its takes came back empty
+/// because every due row was held by another taker (the relay lost the race).
+#[derive(Debug)]
+struct WatchedTakes {
+    inner: Arc<dyn Storage>,
+    lost_race: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl JobQueue for WatchedTakes {
+    async fn enqueue(&self, jobs: &[NewJob]) -> Result<(), StoreError> {
+        self.inner.enqueue(jobs).await
+    }
+
+    async fn claim(
+        &self,
+        queue: &QueueName,
+        max: usize,
+        lease: Duration,
+    ) -> Result<Vec<ClaimedJob>, StoreError> {
+        self.inner.claim(queue, max, lease).await
+    }
+
+    async fn ack(&self, receipts: &[JobReceipt]) -> Result<u64, StoreError> {
+        self.inner.ack(receipts).await
+    }
+
+    async fn retry(
+        &self,
+        receipt: JobReceipt,
+        delay: Duration,
+        error: &str,
+    ) -> Result<bool, StoreError> {
+        self.inner.retry(receipt, delay, error).await
+    }
+
+    async fn dead_letter(&self, receipt: JobReceipt, error: &str) -> Result<bool, StoreError> {
+        self.inner.dead_letter(receipt, error).await
+    }
+
+    async fn extend_lease(&self, receipt: JobReceipt, lease: Duration) -> Result<bool, StoreError> {
+        self.inner.extend_lease(receipt, lease).await
+    }
+
+    async fn dead_letters(
+        &self,
+        queue: Option<&QueueName>,
+        after: Option<i64>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetter>, StoreError> {
+        self.inner.dead_letters(queue, after, limit).await
+    }
+
+    async fn replay_dead_letter(&self, id: i64) -> Result<bool, StoreError> {
+        self.inner.replay_dead_letter(id).await
+    }
+
+    async fn depth(&self, queue: &QueueName) -> Result<QueueDepth, StoreError> {
+        self.inner.depth(queue).await
+    }
+
+    async fn next_due_in(&self, queue: &QueueName) -> Result<Option<Duration>, StoreError> {
+        self.inner.next_due_in(queue).await
+    }
+
+    async fn take(
+        &self,
+        queue: &QueueName,
+        max: usize,
+    ) -> Result<Option<Box<dyn TakenJobs>>, StoreError> {
+        let taken = self.inner.take(queue, max).await?;
+        if let Some(taken) = &taken
+            && taken.jobs().is_empty()
+            && taken.held_elsewhere() > 0
+        {
+            self.lost_race.notify_one();
+        }
+        Ok(taken)
+    }
+
+    async fn wait_for_jobs(&self, queue: &QueueName, timeout: Duration) {
+        self.inner.wait_for_jobs(queue, timeout).await;
+    }
+}
+
 /// A relay that finds every due row held by another relay (it lost the race for them)
 /// leaves the queue to that one for `yield_to_peer`, then looks again: if the other relay
 /// died before committing, its rows are published a moment later — not after the 30 s
@@ -366,8 +454,12 @@ async fn a_relay_that_lost_the_race_takes_over_when_the_winner_dies() {
     let winner = shape.sql.storage.take(&q, 10).await.unwrap().expect("take");
     assert_eq!(winner.jobs().len(), 1);
 
+    let outbox = Arc::new(WatchedTakes {
+        inner: shape.sql.storage.clone(),
+        lost_race: tokio::sync::Notify::new(),
+    });
     let relay = OutboxRelay::new(
-        shape.sql.storage.clone(),
+        outbox.clone(),
         shape.broker.queue.clone(),
         vec![q.clone()],
         RelayConfig {
@@ -378,25 +470,18 @@ async fn a_relay_that_lost_the_race_takes_over_when_the_winner_dies() {
     );
     let shutdown = CancellationToken::new();
     let running = tokio::spawn(relay.run(shutdown.clone()));
-    // The relay finds the row held (unless it is slower than this test); then the winner
-    // dies unpublished.
-    assert_eq!(
-        shape.broker.queue.depth(&q).await.unwrap(),
-        Default::default()
-    );
-    let died = std::time::Instant::now();
+    // The relay finds the row held; then the winner dies unpublished.
+    tokio::time::timeout(Duration::from_secs(10), outbox.lost_race.notified())
+        .await
+        .expect("the relay's take finds the row held");
     drop(winner);
 
+    // Within the 10 s deadline, well before the relay's 30 s safety-net poll.
     let claimed = eventually_some("the row at the broker", Duration::from_secs(10), || async {
         let claimed = shape.broker.queue.claim(&q, 10, LEASE).await.unwrap();
         (!claimed.is_empty()).then_some(claimed)
     })
     .await;
-    assert!(
-        died.elapsed() < Duration::from_secs(10),
-        "published after {:?}",
-        died.elapsed()
-    );
     let receipts: Vec<_> = claimed.iter().map(|job| job.receipt()).collect();
     assert_eq!(shape.broker.queue.ack(&receipts).await.unwrap(), 1);
     shutdown.cancel();
