@@ -383,6 +383,11 @@ pub struct AmqpSettings {
     pub delivery_limit: u32,
     /// Outbox rows the relay publishes per round and queue, 1 to 10000. Default 256.
     pub relay_batch: u32,
+    /// Outbox jobs of one queue the relay packs into one broker message (an envelope that
+    /// workers claim job by job and ack once all of its jobs are done), 1 to 1000; 1
+    /// publishes a message per job. Default 16. Larger envelopes cost the broker less per
+    /// job; smaller ones spread a burst over more replicas at once.
+    pub jobs_per_message: u32,
 }
 
 impl Default for AmqpSettings {
@@ -394,6 +399,7 @@ impl Default for AmqpSettings {
             prefetch: 64,
             delivery_limit: 50,
             relay_batch: 256,
+            jobs_per_message: 16,
         }
     }
 }

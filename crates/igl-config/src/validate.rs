@@ -199,6 +199,13 @@ impl Settings {
             1,
             10_000,
         );
+        in_range(
+            problems,
+            "queue.amqp.jobs_per_message",
+            amqp.jobs_per_message,
+            1,
+            1_000,
+        );
     }
 }
 

@@ -127,6 +127,7 @@ pub async fn open_backends(settings: &Settings) -> anyhow::Result<Backends> {
             broker_options.prefix = amqp.prefix.clone();
             broker_options.prefetch = amqp.prefetch;
             broker_options.delivery_limit = amqp.delivery_limit;
+            broker_options.jobs_per_message = amqp.jobs_per_message as usize;
             broker_options.queues = PIPELINE_QUEUES.to_vec();
             broker_options.connection_name = format!("igl-node {}", settings.node.jurisdiction);
             let broker = AmqpQueue::connect(broker_options).await.with_context(|| {

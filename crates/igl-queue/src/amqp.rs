@@ -35,6 +35,33 @@
 //!   `x-delivery-limit` dead-letters a message that keeps killing its consumers even if no
 //!   worker ever gets to count it.
 //!
+//! # Envelopes
+//!
+//! [`AmqpQueue::publish_outbox`] (the outbox relay's side) packs up to
+//! [`AmqpOptions::jobs_per_message`] fresh jobs of one queue into one broker message, an
+//! **envelope**: the broker's cost (a quorum-queue message, its confirm, delivery and ack)
+//! is paid once per envelope rather than once per job. Everything else is per job:
+//!
+//! - a claim hands out the jobs of an envelope one by one (a claim smaller than the
+//!   envelope leaves the rest in this process for the next claims, counted in
+//!   `depth.in_flight`); each job has its own lease and receipt;
+//! - the envelope's delivery is acked once every one of its jobs is settled: acked,
+//!   retried or dead-lettered (each publishes a single copy first, as for any job), or
+//!   handed back when its lease runs out — as a single copy counting the attempt, since an
+//!   envelope cannot be returned in part (if that copy cannot be published, the whole
+//!   envelope goes back);
+//! - an envelope that comes back **redelivered** (its consumer died or lost its connection)
+//!   is split by the next claim into single jobs (confirmed, then the envelope is acked),
+//!   each counting the redelivery as an attempt. Jobs the dead consumer had finished run once
+//!   more (at least once, as after any crash), and the delivery limit keeps isolating a job
+//!   that kills its consumers, because from then on it travels alone;
+//! - retries, delayed jobs and dead letters always travel alone. An envelope the broker
+//!   dead-lettered itself (the delivery limit reached before any consumer could split it)
+//!   is split into single dead letters by the first listing that meets it.
+//!
+//! The broker's queue counts (`depth.ready`) count messages, so an envelope counts once.
+//! Direct [`JobQueue::enqueue`] calls still publish one message per job.
+//!
 //! # What AMQP cannot give (and how the node stays correct)
 //!
 //! - **Dedup keys** are carried but not enforced: AMQP has no lookup of queued messages by
@@ -54,7 +81,7 @@
 //!   possible: RabbitMQ closes a channel whose delivery stays unacked longer.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
@@ -75,7 +102,9 @@ use lapin::{Acker, Channel, Connect as _, Connection, ConnectionProperties};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
-use crate::message::{JobMessage, now_micros, time_ordered_id, to_micros};
+use crate::message::{
+    Carried, JobMessage, Outgoing, decode, encode_envelope, now_micros, time_ordered_id, to_micros,
+};
 
 /// The retry tiers, in milliseconds: a delayed job waits in the largest tier not longer than
 /// its delay (the smallest tier for delays below it), then, when it comes back early, in the
@@ -103,6 +132,9 @@ const BROWSE_LIMIT: usize = 10_000;
 /// broker pushes every job, so waking up earlier only to pull an empty queue is waste.
 pub const PUSHED_IDLE_POLL: Duration = Duration::from_secs(5);
 
+/// The default of [`AmqpOptions::jobs_per_message`].
+pub const DEFAULT_JOBS_PER_MESSAGE: usize = 16;
+
 /// A job claimed earlier than this before its due time is sent back to a delay tier.
 const DUE_TOLERANCE_MICROS: i64 = 5_000;
 
@@ -129,11 +161,14 @@ pub struct AmqpOptions {
     pub operation_timeout: Duration,
     /// The connection name shown in the broker's management tools.
     pub connection_name: String,
+    /// How many outbox jobs of one queue [`AmqpQueue::publish_outbox`] packs into one broker
+    /// message (an envelope; 1 = one message per job). See the module docs, "Envelopes".
+    pub jobs_per_message: usize,
 }
 
 impl AmqpOptions {
     /// Options with the defaults: prefix `igl.`, prefetch 64, delivery limit 50, 10 s
-    /// operation timeout.
+    /// operation timeout, up to [`DEFAULT_JOBS_PER_MESSAGE`] outbox jobs per message.
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
@@ -144,6 +179,7 @@ impl AmqpOptions {
             queues: Vec::new(),
             operation_timeout: Duration::from_secs(10),
             connection_name: "igl-node".into(),
+            jobs_per_message: DEFAULT_JOBS_PER_MESSAGE,
         }
     }
 }
@@ -156,6 +192,7 @@ impl std::fmt::Debug for AmqpOptions {
             .field("prefetch", &self.prefetch)
             .field("delivery_limit", &self.delivery_limit)
             .field("queues", &self.queues)
+            .field("jobs_per_message", &self.jobs_per_message)
             .finish_non_exhaustive()
     }
 }
@@ -209,14 +246,37 @@ struct Backoff {
     not_before: Option<Instant>,
 }
 
-/// A held delivery.
+/// A held job.
 struct Lease {
     id: JobId,
     queue: QueueName,
-    acker: Acker,
+    holder: Holder,
     deadline: Instant,
     message: JobMessage,
     attempt: u32,
+}
+
+/// The delivery a job came in, which settling the job acks.
+enum Holder {
+    /// The job's own delivery.
+    Delivery(Acker),
+    /// The envelope it came in with other jobs: acked once all of them are settled.
+    Part(Arc<Envelope>),
+}
+
+/// A delivered envelope whose jobs are claimed one by one (module docs, "Envelopes").
+struct Envelope {
+    acker: Acker,
+    /// Its jobs not settled yet (acked, retried, dead-lettered or handed back).
+    open: AtomicUsize,
+}
+
+/// Deliveries that a claim does not hand out but publishes again (their copies confirmed),
+/// then acks.
+struct Resend {
+    /// Route and copy of each job it carried.
+    copies: Vec<(String, JobMessage)>,
+    acker: Acker,
 }
 
 /// What a claim has gathered so far.
@@ -225,9 +285,9 @@ struct Claim {
     jobs: Vec<ClaimedJob>,
     /// The leases of `jobs`, keyed by lease token; they start when the claim ends.
     leases: Vec<(i64, Lease)>,
-    /// Jobs that came back from a delay tier before their due time: the route of the tier
-    /// they go back to, the copy to publish there, and the delivery to ack after that.
-    early: Vec<(String, JobMessage, Acker)>,
+    /// Jobs that came back from a delay tier before their due time (their copies go to the
+    /// tier for the rest of the delay), and redelivered envelopes (split into single jobs).
+    resend: Vec<Resend>,
 }
 
 /// One connection with its channels.
@@ -244,6 +304,9 @@ struct QueueChannel {
     channel: Channel,
     /// Deliveries received by the consumer and not claimed yet.
     buffer: Arc<Mutex<VecDeque<Delivery>>>,
+    /// Jobs of envelopes received on this channel that no claim has taken yet (a claim
+    /// takes the rest of an envelope only up to its `max`).
+    unclaimed: Mutex<VecDeque<(Arc<Envelope>, JobMessage)>>,
     consuming: tokio::sync::OnceCell<()>,
 }
 
@@ -377,6 +440,7 @@ impl Inner {
         let queue_channel = Arc::new(QueueChannel {
             channel,
             buffer: Arc::default(),
+            unclaimed: Mutex::default(),
             consuming: tokio::sync::OnceCell::new(),
         });
         queues.insert(queue.clone(), queue_channel.clone());
@@ -431,7 +495,7 @@ impl Inner {
 
     /// Publishes `messages` (routing key = queue name, default exchange) and waits for
     /// every confirm.
-    async fn publish(&self, messages: &[(String, JobMessage)]) -> Result<(), StoreError> {
+    async fn publish(&self, messages: &[(String, Outgoing)]) -> Result<(), StoreError> {
         if messages.is_empty() {
             return Ok(());
         }
@@ -448,8 +512,8 @@ impl Inner {
                             mandatory: true,
                             ..BasicPublishOptions::default()
                         },
-                        &message.payload,
-                        message.properties(),
+                        &message.body,
+                        message.properties.clone(),
                     ),
                 )
                 .await?;
@@ -508,12 +572,53 @@ impl Inner {
             let next = leases.values().map(|lease| lease.deadline).min();
             (expired, next)
         };
-        for lease in &expired {
+        for lease in expired {
             debug!(job.id = lease.id.0, queue = %lease.queue, "lease expired, job returned to its queue");
+            self.hand_back(lease).await;
         }
-        self.requeue(expired.into_iter().map(|lease| lease.acker))
-            .await;
         next
+    }
+
+    /// Returns the job of an expired lease to its queue: its own delivery with
+    /// `basic.nack requeue` (the broker counts the redelivery), or, for a job of an
+    /// envelope, as a single copy (counting this attempt) before it is settled in the
+    /// envelope. When that copy cannot be published, the whole envelope goes back (its
+    /// other jobs run again: at least once).
+    async fn hand_back(&self, lease: Lease) {
+        match lease.holder {
+            Holder::Delivery(acker) => self.requeue([acker]).await,
+            Holder::Part(envelope) => {
+                let copy = JobMessage {
+                    attempts: lease.attempt,
+                    ..lease.message
+                };
+                let route = self.name(&lease.queue);
+                match self.publish(&[(route, copy.into())]).await {
+                    Ok(()) => {
+                        let _ = self.settle(Holder::Part(envelope)).await;
+                        self.wakeup(&lease.queue).notify_waiters();
+                    }
+                    Err(_) => self.requeue([envelope.acker.clone()]).await,
+                }
+            }
+        }
+    }
+
+    /// Acks what a settled job came in: its own delivery, or its envelope once every job
+    /// of the envelope is settled. `Ok(false)` when the delivery was already settled
+    /// otherwise (returned with its whole envelope, say).
+    async fn settle(&self, holder: Holder) -> Result<bool, StoreError> {
+        let acker = match holder {
+            Holder::Delivery(acker) => acker,
+            Holder::Part(envelope) => {
+                if envelope.open.fetch_sub(1, Ordering::AcqRel) > 1 {
+                    return Ok(envelope.acker.usable());
+                }
+                envelope.acker.clone()
+            }
+        };
+        self.call("basic.ack", acker.ack(BasicAckOptions::default()))
+            .await
     }
 
     /// Returns deliveries to their queue (`basic.nack requeue`), best effort: a failure
@@ -531,22 +636,63 @@ impl Inner {
     }
 
     /// Sorts a delivery into `claim`: a job (its lease starts when the claim ends), a job
-    /// that came back from a tier before its due time, or a message that is not a job
-    /// (rejected, so the broker dead-letters it).
+    /// that came back from a tier before its due time, an envelope (its jobs are claimed
+    /// up to `room` in all; the rest wait in `claim_channel` for the next claims; a
+    /// redelivered envelope is split into single jobs instead), or a message that is not a
+    /// job (rejected, so the broker dead-letters it).
     async fn accept(
         &self,
         queue: &QueueName,
+        claim_channel: &QueueChannel,
         delivery: Delivery,
+        room: usize,
         claim: &mut Claim,
     ) -> Result<(), StoreError> {
-        let (message, redeliveries) = match JobMessage::decode(&delivery.properties, &delivery.data)
-        {
+        let (carried, redeliveries) = match decode(&delivery.properties, &delivery.data) {
             Ok(decoded) => decoded,
             Err(error) => {
                 warn!(queue = %queue, error = %crate::error_chain(&error), "not a job message, dead-lettered");
                 let reject = BasicRejectOptions { requeue: false };
                 self.call("basic.reject", delivery.acker.reject(reject))
                     .await?;
+                return Ok(());
+            }
+        };
+        let message = match carried {
+            Carried::Job(message) => message,
+            Carried::Envelope(jobs) if redeliveries > 0 => {
+                // Came back (its consumer died or lost its connection): each job becomes a
+                // message of its own, so that the delivery limit isolates a job that kills
+                // its consumers, and jobs already done run at most once more.
+                let route = self.name(queue);
+                let copies = jobs
+                    .into_iter()
+                    .map(|job| {
+                        let attempts = job.attempts.saturating_add(redeliveries);
+                        (route.clone(), JobMessage { attempts, ..job })
+                    })
+                    .collect();
+                claim.resend.push(Resend {
+                    copies,
+                    acker: delivery.acker,
+                });
+                return Ok(());
+            }
+            Carried::Envelope(jobs) => {
+                let envelope = Arc::new(Envelope {
+                    acker: delivery.acker,
+                    open: AtomicUsize::new(jobs.len()),
+                });
+                let mut jobs = jobs.into_iter();
+                for job in jobs.by_ref().take(room) {
+                    let attempt = job.attempts.saturating_add(1);
+                    self.lease_out(queue, job, attempt, Holder::Part(envelope.clone()), claim);
+                }
+                claim_channel
+                    .unclaimed
+                    .lock()
+                    .expect("unclaimed lock")
+                    .extend(jobs.map(|job| (envelope.clone(), job)));
                 return Ok(());
             }
         };
@@ -565,10 +711,32 @@ impl Inner {
                     attempts: attempt - 1,
                     ..message
                 };
-                claim.early.push((route, copy, delivery.acker));
+                claim.resend.push(Resend {
+                    copies: vec![(route, copy)],
+                    acker: delivery.acker,
+                });
                 return Ok(());
             }
         }
+        self.lease_out(
+            queue,
+            message,
+            attempt,
+            Holder::Delivery(delivery.acker),
+            claim,
+        );
+        Ok(())
+    }
+
+    /// Adds `message` to `claim` as attempt `attempt`, held by `holder`.
+    fn lease_out(
+        &self,
+        queue: &QueueName,
+        message: JobMessage,
+        attempt: u32,
+        holder: Holder,
+        claim: &mut Claim,
+    ) {
         let token = self.next_token.fetch_add(1, Ordering::Relaxed);
         claim.jobs.push(message.claimed(attempt, token));
         claim.leases.push((
@@ -576,21 +744,20 @@ impl Inner {
             Lease {
                 id: message.id,
                 queue: queue.clone(),
-                acker: delivery.acker,
+                holder,
                 // Set when the claim ends.
                 deadline: Instant::now(),
                 message,
                 attempt,
             },
         ));
-        Ok(())
     }
 
-    /// Ends a claim: sends the early jobs back to their tiers (published together, then
-    /// acked), then starts the leases of the claimed jobs, so that a slow claim never
-    /// hands out a lease that is already running out. When `outcome` is an error (or
-    /// sending back fails) the early and the claimed jobs are returned to their queue at
-    /// once instead.
+    /// Ends a claim: publishes the copies of the early jobs and split envelopes (together,
+    /// then acks their deliveries), then starts the leases of the claimed jobs, so that a
+    /// slow claim never hands out a lease that is already running out. When `outcome` is an
+    /// error (or publishing the copies fails) the resent and the claimed jobs are returned
+    /// to their queue at once instead.
     async fn finish_claim(
         &self,
         claim: Claim,
@@ -600,12 +767,12 @@ impl Inner {
         let Claim {
             jobs,
             leases,
-            early,
+            resend,
         } = claim;
         let outcome = match outcome {
-            Ok(()) => self.send_back_early(early).await,
+            Ok(()) => self.resend(resend).await,
             Err(error) => {
-                self.requeue(early.into_iter().map(|(_, _, acker)| acker))
+                self.requeue(resend.into_iter().map(|resent| resent.acker))
                     .await;
                 Err(error)
             }
@@ -622,19 +789,23 @@ impl Inner {
         outcome.map(|()| jobs)
     }
 
-    /// Publishes the early jobs to their tiers (waiting for every confirm), then acks the
+    /// Publishes the copies of `resend` (waiting for every confirm), then acks the
     /// deliveries they came in.
-    async fn send_back_early(
-        &self,
-        early: Vec<(String, JobMessage, Acker)>,
-    ) -> Result<(), StoreError> {
-        if early.is_empty() {
+    async fn resend(&self, resend: Vec<Resend>) -> Result<(), StoreError> {
+        if resend.is_empty() {
             return Ok(());
         }
-        let (messages, ackers): (Vec<_>, Vec<_>) = early
-            .into_iter()
-            .map(|(route, message, acker)| ((route, message), acker))
-            .unzip();
+        let mut messages = Vec::new();
+        let mut ackers = Vec::with_capacity(resend.len());
+        for resent in resend {
+            messages.extend(
+                resent
+                    .copies
+                    .into_iter()
+                    .map(|(route, copy)| (route, Outgoing::from(copy))),
+            );
+            ackers.push(resent.acker);
+        }
         if let Err(error) = self.publish(&messages).await {
             // Some copies may be out: the originals come back too (at least once).
             self.requeue(ackers).await;
@@ -691,36 +862,51 @@ impl Inner {
                 let Some(got) = got else { break };
                 let remaining = got.message_count;
                 let delivery = got.delivery;
-                if let Ok((message, redeliveries)) =
-                    JobMessage::decode(&delivery.properties, &delivery.data)
-                {
-                    // Browsing returns the message, which the broker counts as a
-                    // redelivery: only the first one counts as an attempt.
-                    let redeliveries = if message.dead.is_some() {
-                        0
-                    } else {
-                        redeliveries.min(1)
-                    };
-                    let letter = message.dead_letter(redeliveries);
-                    if replay == Some(letter.id) {
-                        let fresh = JobMessage {
-                            id: JobId(time_ordered_id()),
-                            attempts: 0,
-                            last_error: None,
-                            due_micros: None,
-                            dead: None,
-                            death_reason: None,
-                            ..message
-                        };
-                        let route = self.name(&fresh.queue);
-                        let queue = fresh.queue.clone();
-                        self.publish(&[(route, fresh)]).await?;
+                match decode(&delivery.properties, &delivery.data) {
+                    Ok((Carried::Envelope(jobs), redeliveries)) => {
+                        // An envelope the broker dead-lettered (its delivery limit): split
+                        // into single dead letters, browsed further on in this same pass
+                        // (redeliveries counted as for a single job, below).
+                        self.split_dead_envelope(&dead, jobs, redeliveries.min(1))
+                            .await?;
                         self.call("basic.ack", delivery.acker.ack(BasicAckOptions::default()))
                             .await?;
-                        self.wakeup(&queue).notify_waiters();
-                        return Ok(true);
+                        if remaining == 0 {
+                            // The copies were published after this count was taken.
+                            continue;
+                        }
                     }
-                    visit(letter);
+                    Ok((Carried::Job(message), redeliveries)) => {
+                        // Browsing returns the message, which the broker counts as a
+                        // redelivery: only the first one counts as an attempt.
+                        let redeliveries = if message.dead.is_some() {
+                            0
+                        } else {
+                            redeliveries.min(1)
+                        };
+                        let letter = message.dead_letter(redeliveries);
+                        if replay == Some(letter.id) {
+                            let fresh = JobMessage {
+                                id: JobId(time_ordered_id()),
+                                attempts: 0,
+                                last_error: None,
+                                due_micros: None,
+                                dead: None,
+                                death_reason: None,
+                                ..message
+                            };
+                            let route = self.name(&fresh.queue);
+                            let queue = fresh.queue.clone();
+                            self.publish(&[(route, fresh.into())]).await?;
+                            self.call("basic.ack", delivery.acker.ack(BasicAckOptions::default()))
+                                .await?;
+                            self.wakeup(&queue).notify_waiters();
+                            return Ok(true);
+                        }
+                        visit(letter);
+                    }
+                    // Not a job: left where it is.
+                    Err(_) => {}
                 }
                 if remaining == 0 {
                     break;
@@ -728,6 +914,32 @@ impl Inner {
             }
         }
         Ok(false)
+    }
+
+    /// Publishes each job of a dead-lettered envelope to the dead-letter queue `dead` as a
+    /// dead letter of its own (confirmed), with the broker's reason as its error.
+    async fn split_dead_envelope(
+        &self,
+        dead: &str,
+        jobs: Vec<JobMessage>,
+        redeliveries: u32,
+    ) -> Result<(), StoreError> {
+        let failed_at = now_micros();
+        let copies: Vec<(String, Outgoing)> = jobs
+            .into_iter()
+            .map(|job| {
+                let letter = job.dead_letter(redeliveries);
+                let copy = JobMessage {
+                    attempts: letter.attempts,
+                    last_error: letter.last_error,
+                    dead: Some((time_ordered_id(), failed_at)),
+                    death_reason: None,
+                    ..job
+                };
+                (dead.to_owned(), copy.into())
+            })
+            .collect();
+        self.publish(&copies).await
     }
 
     fn browse_queues(&self, queue: Option<&QueueName>) -> Vec<QueueName> {
@@ -814,31 +1026,28 @@ impl AmqpQueue {
     /// [`StoreError::Unavailable`] when the broker does not confirm every message; some may
     /// have been published (the relay publishes them again).
     pub async fn publish_outbox(&self, jobs: &[ClaimedJob]) -> Result<(), StoreError> {
-        let messages: Vec<(String, JobMessage)> = jobs
-            .iter()
-            .map(|job| {
-                (
-                    self.inner.name(&job.queue),
-                    JobMessage {
-                        id: job.id,
-                        queue: job.queue.clone(),
-                        payload: serde_json::to_vec(&job.payload).unwrap_or_default(),
-                        attempts: 0,
-                        enqueued_at_micros: to_micros(job.enqueued_at),
-                        due_micros: None,
-                        dedup_key: job.dedup_key.clone(),
-                        last_error: None,
-                        dead: None,
-                        death_reason: None,
-                    },
-                )
-            })
-            .collect();
+        let mut by_queue: Vec<(&QueueName, Vec<&ClaimedJob>)> = Vec::new();
         for job in jobs {
-            self.inner.queue_channel(&job.queue).await?;
+            match by_queue.iter_mut().find(|(queue, _)| *queue == &job.queue) {
+                Some((_, queued)) => queued.push(job),
+                None => by_queue.push((&job.queue, vec![job])),
+            }
+        }
+        let per_message = self.inner.options.jobs_per_message.max(1);
+        let mut messages = Vec::new();
+        for (queue, queued) in &by_queue {
+            self.inner.queue_channel(queue).await?;
+            let route = self.inner.name(queue);
+            for chunk in queued.chunks(per_message) {
+                let outgoing = match chunk {
+                    [job] => Outgoing::from(fresh_message(job)),
+                    _ => encode_envelope(queue, chunk),
+                };
+                messages.push((route.clone(), outgoing));
+            }
         }
         self.inner.publish(&messages).await?;
-        for queue in jobs.iter().map(|job| &job.queue).collect::<BTreeSet<_>>() {
+        for (queue, _) in by_queue {
             self.inner.wakeup(queue).notify_waiters();
         }
         Ok(())
@@ -912,6 +1121,22 @@ impl AmqpQueue {
     }
 }
 
+/// The message of an outbox job published as a job of its own.
+fn fresh_message(job: &ClaimedJob) -> JobMessage {
+    JobMessage {
+        id: job.id,
+        queue: job.queue.clone(),
+        payload: serde_json::to_vec(&job.payload).unwrap_or_default(),
+        attempts: 0,
+        enqueued_at_micros: to_micros(job.enqueued_at),
+        due_micros: None,
+        dedup_key: job.dedup_key.clone(),
+        last_error: None,
+        dead: None,
+        death_reason: None,
+    }
+}
+
 /// Returns expired leases until the queue is dropped.
 async fn reap_leases(inner: Weak<Inner>) {
     loop {
@@ -960,7 +1185,8 @@ impl JobQueue for AmqpQueue {
                     last_error: None,
                     dead: None,
                     death_reason: None,
-                },
+                }
+                .into(),
             ));
         }
         self.inner.publish(&messages).await?;
@@ -989,11 +1215,7 @@ impl JobQueue for AmqpQueue {
                 continue;
             };
             // A failed ack means the channel is gone: the broker redelivers the job.
-            if let Ok(true) = self
-                .inner
-                .call("basic.ack", lease.acker.ack(BasicAckOptions::default()))
-                .await
-            {
+            if let Ok(true) = self.inner.settle(lease.holder).await {
                 acked += 1;
             }
         }
@@ -1018,16 +1240,14 @@ impl JobQueue for AmqpQueue {
             ..lease.message.clone()
         };
         let route = self.inner.route_for(&lease.queue, delay);
-        if let Err(publish_error) = self.inner.publish(&[(route, copy)]).await {
+        if let Err(publish_error) = self.inner.publish(&[(route, copy.into())]).await {
             self.inner.put_lease(receipt.lease_token, lease);
             return Err(publish_error);
         }
-        let _ = self
-            .inner
-            .call("basic.ack", lease.acker.ack(BasicAckOptions::default()))
-            .await;
+        let queue = lease.queue.clone();
+        let _ = self.inner.settle(lease.holder).await;
         if delay.is_zero() {
-            self.inner.wakeup(&lease.queue).notify_waiters();
+            self.inner.wakeup(&queue).notify_waiters();
         }
         Ok(true)
     }
@@ -1045,14 +1265,11 @@ impl JobQueue for AmqpQueue {
             ..lease.message.clone()
         };
         let route = self.inner.dead_name(&lease.queue);
-        if let Err(publish_error) = self.inner.publish(&[(route, copy)]).await {
+        if let Err(publish_error) = self.inner.publish(&[(route, copy.into())]).await {
             self.inner.put_lease(receipt.lease_token, lease);
             return Err(publish_error);
         }
-        let _ = self
-            .inner
-            .call("basic.ack", lease.acker.ack(BasicAckOptions::default()))
-            .await;
+        let _ = self.inner.settle(lease.holder).await;
         Ok(true)
     }
 
@@ -1126,7 +1343,12 @@ impl JobQueue for AmqpQueue {
             .values()
             .filter(|lease| &lease.queue == queue)
             .count() as u64;
-        let buffered = claim_channel.buffer.lock().expect("buffer lock").len() as u64;
+        let buffered = claim_channel.buffer.lock().expect("buffer lock").len() as u64
+            + claim_channel
+                .unclaimed
+                .lock()
+                .expect("unclaimed lock")
+                .len() as u64;
         Ok(QueueDepth {
             ready,
             scheduled,
@@ -1155,7 +1377,13 @@ impl JobQueue for AmqpQueue {
             tokio::time::sleep(timeout.min(Duration::from_secs(1))).await;
             return;
         }
-        if timeout.is_zero() || !claim_channel.buffer.lock().expect("buffer lock").is_empty() {
+        let unclaimed = !claim_channel.buffer.lock().expect("buffer lock").is_empty()
+            || !claim_channel
+                .unclaimed
+                .lock()
+                .expect("unclaimed lock")
+                .is_empty();
+        if timeout.is_zero() || unclaimed {
             return;
         }
         // The consumer is pushed every job, retries included (they come back from their
@@ -1254,7 +1482,10 @@ impl AmqpQueue {
                 .await?;
             let Some(got) = got else { break };
             let remaining = got.message_count;
-            self.inner.accept(queue, got.delivery, claim).await?;
+            let room = max - claim.jobs.len();
+            self.inner
+                .accept(queue, claim_channel, got.delivery, room, claim)
+                .await?;
             if remaining == 0 {
                 break;
             }
@@ -1264,7 +1495,8 @@ impl AmqpQueue {
         self.take_buffered(queue, claim_channel, max, claim).await
     }
 
-    /// Claims (up to `max` in all) deliveries the consumer has received.
+    /// Claims (up to `max` in all) the rest of envelopes received earlier, then deliveries
+    /// the consumer has received.
     async fn take_buffered(
         &self,
         queue: &QueueName,
@@ -1273,6 +1505,22 @@ impl AmqpQueue {
         claim: &mut Claim,
     ) -> Result<(), StoreError> {
         while claim.jobs.len() < max {
+            let unclaimed = claim_channel
+                .unclaimed
+                .lock()
+                .expect("unclaimed lock")
+                .pop_front();
+            let Some((envelope, job)) = unclaimed else {
+                break;
+            };
+            // An envelope of a closed channel is redelivered by the broker.
+            if envelope.acker.usable() {
+                let attempt = job.attempts.saturating_add(1);
+                self.inner
+                    .lease_out(queue, job, attempt, Holder::Part(envelope), claim);
+            }
+        }
+        while claim.jobs.len() < max {
             let buffered = claim_channel
                 .buffer
                 .lock()
@@ -1280,7 +1528,10 @@ impl AmqpQueue {
                 .pop_front();
             let Some(delivery) = buffered else { break };
             if delivery.acker.usable() {
-                self.inner.accept(queue, delivery, claim).await?;
+                let room = max - claim.jobs.len();
+                self.inner
+                    .accept(queue, claim_channel, delivery, room, claim)
+                    .await?;
             }
         }
         Ok(())
@@ -1298,6 +1549,65 @@ mod tests {
             "amqp://guest:[redacted]@127.0.0.1:5672/%2f"
         );
         assert_eq!(redact_amqp_url("not a url"), "[unparsable url]");
+    }
+
+    /// An envelope in a dead-letter queue (the broker dead-letters one that hits its
+    /// delivery limit before a consumer could split it) is listed job by job, and each job
+    /// can be replayed alone.
+    #[cfg_attr(igl_skip_amqp, ignore = "set IGL_TEST_AMQP_URL to run")]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_lettered_envelope_is_listed_and_replayed_job_by_job() {
+        let url = std::env::var("IGL_TEST_AMQP_URL").expect("IGL_TEST_AMQP_URL");
+        let mut options = AmqpOptions::new(url);
+        options.prefix = format!("t{}.", rand::random::<u32>());
+        let broker = AmqpQueue::connect(options).await.unwrap();
+        let q = QueueName::parse("env-dead").unwrap();
+        let jobs: Vec<ClaimedJob> = (1..=2)
+            .map(|n| ClaimedJob {
+                id: JobId(n),
+                queue: q.clone(),
+                payload: serde_json::json!({"n": n}),
+                attempt: 1,
+                lease_token: 0,
+                enqueued_at: igl_domain::Timestamp::now_utc(),
+                dedup_key: None,
+                last_error: None,
+            })
+            .collect();
+        let refs: Vec<&ClaimedJob> = jobs.iter().collect();
+        broker.inner.queue_channel(&q).await.unwrap();
+        let dead = broker.inner.dead_name(&q);
+        broker
+            .inner
+            .publish(&[(dead, encode_envelope(&q, &refs))])
+            .await
+            .unwrap();
+
+        let letters = broker.dead_letters(Some(&q), None, 10).await.unwrap();
+        let numbers: Vec<_> = letters
+            .iter()
+            .map(|letter| letter.payload["n"].clone())
+            .collect();
+        assert_eq!(numbers, [1, 2], "{letters:?}");
+        assert_ne!(letters[0].id, letters[1].id);
+        // The broker returns what a listing browsed asynchronously: wait for the count.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while broker.depth(&q).await.unwrap().dead != 2 {
+            assert!(Instant::now() < deadline, "the dead count never reached 2");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(broker.replay_dead_letter(letters[0].id).await.unwrap());
+        let replayed = broker.claim(&q, 10, Duration::from_secs(30)).await.unwrap();
+        assert_eq!(replayed.len(), 1);
+        // A replay is a fresh job (a new id, attempts reset) with the dead letter's payload.
+        assert_eq!(replayed[0].payload["n"], 1);
+        assert_eq!(replayed[0].attempt, 1);
+        assert_eq!(broker.ack(&[replayed[0].receipt()]).await.unwrap(), 1);
+        let left = broker.dead_letters(Some(&q), None, 10).await.unwrap();
+        assert_eq!(left.len(), 1);
+        assert_eq!(left[0].payload["n"], 2);
+        broker.delete_topology(&[q]).await.unwrap();
+        broker.close().await;
     }
 
     #[test]

@@ -1,6 +1,13 @@
-//! How a job is carried in an AMQP message: the payload is the body (JSON), everything else
-//! travels in `x-igl-*` headers so that a copy republished to a delay tier or to the
-//! dead-letter queue keeps the job's identity and history.
+//! How jobs are carried in AMQP messages.
+//!
+//! - **One job** ([`JobMessage`]): the payload is the body (JSON), everything else travels in
+//!   `x-igl-*` headers, so that a copy republished to a delay tier or to the dead-letter
+//!   queue keeps the job's identity and history.
+//! - **An envelope** of several fresh jobs of one queue (the outbox relay's batches,
+//!   [`encode_envelope`]): header `x-igl-envelope` = the number of jobs, `x-igl-queue`, and
+//!   a JSON array body of `{"id", "enqueued_at", "dedup_key", "payload"}`. Envelopes only
+//!   ever reach work queues (and, through the broker's delivery limit, dead-letter queues);
+//!   retries, delays and dead letters are always single jobs.
 
 use igl_core::{ClaimedJob, DeadLetter, JobId, QueueName};
 use igl_domain::Timestamp;
@@ -18,6 +25,8 @@ pub(crate) mod header {
     pub const LAST_ERROR: &str = "x-igl-last-error";
     pub const DEAD_ID: &str = "x-igl-dead-id";
     pub const FAILED_AT: &str = "x-igl-failed-at";
+    /// On an envelope: how many jobs its body carries.
+    pub const ENVELOPE: &str = "x-igl-envelope";
     /// Set by RabbitMQ on quorum-queue redeliveries: how many times this message was
     /// returned to the queue before (a crashed consumer, an expired lease).
     pub const DELIVERY_COUNT: &str = "x-delivery-count";
@@ -46,6 +55,176 @@ pub(crate) struct JobMessage {
     pub death_reason: Option<String>,
 }
 
+/// What one broker message carries.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Carried {
+    /// A single job.
+    Job(JobMessage),
+    /// An envelope: fresh jobs of one queue, in order (never empty).
+    Envelope(Vec<JobMessage>),
+}
+
+/// A message ready to publish.
+#[derive(Debug, Clone)]
+pub(crate) struct Outgoing {
+    pub properties: BasicProperties,
+    pub body: Vec<u8>,
+}
+
+impl From<&JobMessage> for Outgoing {
+    fn from(message: &JobMessage) -> Self {
+        Outgoing {
+            properties: message.properties(),
+            body: message.payload.clone(),
+        }
+    }
+}
+
+impl From<JobMessage> for Outgoing {
+    fn from(message: JobMessage) -> Self {
+        Outgoing::from(&message)
+    }
+}
+
+/// One job in an envelope's body.
+#[derive(serde::Serialize)]
+struct EnvelopeEntry<'a> {
+    id: i64,
+    enqueued_at: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dedup_key: Option<&'a str>,
+    payload: &'a serde_json::Value,
+}
+
+/// [`EnvelopeEntry`] as read back.
+#[derive(serde::Deserialize)]
+struct ReadEntry {
+    id: i64,
+    enqueued_at: i64,
+    #[serde(default)]
+    dedup_key: Option<String>,
+    payload: serde_json::Value,
+}
+
+/// One message carrying the fresh jobs `jobs` (all of `queue`, at least one; each keeps its
+/// id, enqueue time, dedup key and payload).
+pub(crate) fn encode_envelope(queue: &QueueName, jobs: &[&ClaimedJob]) -> Outgoing {
+    let entries: Vec<EnvelopeEntry<'_>> = jobs
+        .iter()
+        .map(|job| EnvelopeEntry {
+            id: job.id.0,
+            enqueued_at: to_micros(job.enqueued_at),
+            dedup_key: job.dedup_key.as_deref(),
+            payload: &job.payload,
+        })
+        .collect();
+    let body = serde_json::to_vec(&entries).expect("JSON values always serialize");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        ShortString::from(header::ENVELOPE),
+        AMQPValue::LongLongInt(i64::try_from(jobs.len()).unwrap_or(i64::MAX)),
+    );
+    headers.insert(
+        ShortString::from(header::QUEUE),
+        long_string(queue.as_str()),
+    );
+    let first = jobs.first().map_or(0, |job| job.id.0);
+    Outgoing {
+        properties: BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_message_id(format!("{first}+{}", jobs.len()).into())
+            .with_headers(headers),
+        body,
+    }
+}
+
+/// Reads what a delivery carries: a job or an envelope of jobs. `redeliveries` (the
+/// second value) is the broker's `x-delivery-count` (0 on a first delivery).
+pub(crate) fn decode(
+    properties: &BasicProperties,
+    body: &[u8],
+) -> Result<(Carried, u32), DecodeError> {
+    let empty = FieldTable::default();
+    let headers = properties.headers().as_ref().unwrap_or(&empty);
+    if !headers.inner().contains_key(header::ENVELOPE) {
+        return JobMessage::decode(properties, body)
+            .map(|(message, redeliveries)| (Carried::Job(message), redeliveries));
+    }
+    let headers = Headers(headers);
+    let queue = headers
+        .text(header::QUEUE)?
+        .ok_or(DecodeError::Missing(header::QUEUE))?;
+    let queue = QueueName::parse(&queue).map_err(DecodeError::Queue)?;
+    let entries: Vec<ReadEntry> = serde_json::from_slice(body).map_err(DecodeError::Body)?;
+    if entries.is_empty() {
+        return Err(DecodeError::EmptyEnvelope);
+    }
+    let death_reason = headers.death_reason();
+    let jobs = entries
+        .into_iter()
+        .map(|entry| JobMessage {
+            id: JobId(entry.id),
+            queue: queue.clone(),
+            payload: serde_json::to_vec(&entry.payload).expect("JSON values always serialize"),
+            attempts: 0,
+            enqueued_at_micros: entry.enqueued_at,
+            due_micros: None,
+            dedup_key: entry.dedup_key,
+            last_error: None,
+            dead: None,
+            death_reason: death_reason.clone(),
+        })
+        .collect();
+    Ok((Carried::Envelope(jobs), headers.redeliveries()?))
+}
+
+/// Typed reads of a message's headers.
+struct Headers<'a>(&'a FieldTable);
+
+impl Headers<'_> {
+    fn int(&self, key: &'static str) -> Result<Option<i64>, DecodeError> {
+        match self.0.inner().get(key) {
+            None => Ok(None),
+            Some(value) => integer(value).map(Some).ok_or(DecodeError::WrongType(key)),
+        }
+    }
+
+    fn text(&self, key: &'static str) -> Result<Option<String>, DecodeError> {
+        match self.0.inner().get(key) {
+            None => Ok(None),
+            Some(AMQPValue::LongString(value)) => {
+                Ok(Some(String::from_utf8_lossy(value.as_bytes()).into_owned()))
+            }
+            Some(AMQPValue::ShortString(value)) => Ok(Some(value.as_str().to_owned())),
+            Some(_) => Err(DecodeError::WrongType(key)),
+        }
+    }
+
+    /// The broker's `x-delivery-count` (0 when absent).
+    fn redeliveries(&self) -> Result<u32, DecodeError> {
+        let count = self.int(header::DELIVERY_COUNT)?.unwrap_or(0);
+        Ok(u32::try_from(count).unwrap_or(0))
+    }
+
+    /// Why the broker dead-lettered the message last (from `x-death`), if it did.
+    fn death_reason(&self) -> Option<String> {
+        let Some(AMQPValue::FieldArray(deaths)) = self.0.inner().get(header::DEATHS) else {
+            return None;
+        };
+        let Some(AMQPValue::FieldTable(death)) = deaths.as_slice().first() else {
+            return None;
+        };
+        match death.inner().get("reason") {
+            Some(AMQPValue::LongString(reason)) => {
+                Some(String::from_utf8_lossy(reason.as_bytes()).into_owned())
+            }
+            Some(AMQPValue::ShortString(reason)) => Some(reason.as_str().to_owned()),
+            _ => None,
+        }
+    }
+}
+
 /// Why a delivery is not a job message.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum DecodeError {
@@ -55,8 +234,10 @@ pub(crate) enum DecodeError {
     WrongType(&'static str),
     #[error("header {0} is not a queue name")]
     Queue(#[source] igl_core::QueueNameError),
-    #[error("body is not JSON")]
+    #[error("body is not JSON (or, in an envelope, not an array of jobs)")]
     Body(#[source] serde_json::Error),
+    #[error("envelope carries no job")]
+    EmptyEnvelope,
 }
 
 impl JobMessage {
@@ -100,43 +281,20 @@ impl JobMessage {
     /// broker's `x-delivery-count` (0 on a first delivery).
     pub fn decode(properties: &BasicProperties, body: &[u8]) -> Result<(Self, u32), DecodeError> {
         let empty = FieldTable::default();
-        let headers = properties.headers().as_ref().unwrap_or(&empty);
-        let int = |key: &'static str| -> Result<Option<i64>, DecodeError> {
-            match headers.inner().get(key) {
-                None => Ok(None),
-                Some(value) => integer(value).map(Some).ok_or(DecodeError::WrongType(key)),
-            }
-        };
-        let text = |key: &'static str| -> Result<Option<String>, DecodeError> {
-            match headers.inner().get(key) {
-                None => Ok(None),
-                Some(AMQPValue::LongString(value)) => {
-                    Ok(Some(String::from_utf8_lossy(value.as_bytes()).into_owned()))
-                }
-                Some(AMQPValue::ShortString(value)) => Ok(Some(value.as_str().to_owned())),
-                Some(_) => Err(DecodeError::WrongType(key)),
-            }
-        };
-        let id = int(header::JOB_ID)?.ok_or(DecodeError::Missing(header::JOB_ID))?;
-        let queue = text(header::QUEUE)?.ok_or(DecodeError::Missing(header::QUEUE))?;
+        let headers = Headers(properties.headers().as_ref().unwrap_or(&empty));
+        let id = headers
+            .int(header::JOB_ID)?
+            .ok_or(DecodeError::Missing(header::JOB_ID))?;
+        let queue = headers
+            .text(header::QUEUE)?
+            .ok_or(DecodeError::Missing(header::QUEUE))?;
         let queue = QueueName::parse(&queue).map_err(DecodeError::Queue)?;
         serde_json::from_slice::<serde::de::IgnoredAny>(body).map_err(DecodeError::Body)?;
-        let redeliveries = int(header::DELIVERY_COUNT)?.unwrap_or(0);
-        let dead = match (int(header::DEAD_ID)?, int(header::FAILED_AT)?) {
+        let dead = match (
+            headers.int(header::DEAD_ID)?,
+            headers.int(header::FAILED_AT)?,
+        ) {
             (Some(dead_id), Some(failed_at)) => Some((dead_id, failed_at)),
-            _ => None,
-        };
-        let death_reason = match headers.inner().get(header::DEATHS) {
-            Some(AMQPValue::FieldArray(deaths)) => match deaths.as_slice().first() {
-                Some(AMQPValue::FieldTable(death)) => match death.inner().get("reason") {
-                    Some(AMQPValue::LongString(reason)) => {
-                        Some(String::from_utf8_lossy(reason.as_bytes()).into_owned())
-                    }
-                    Some(AMQPValue::ShortString(reason)) => Some(reason.as_str().to_owned()),
-                    _ => None,
-                },
-                _ => None,
-            },
             _ => None,
         };
         Ok((
@@ -144,15 +302,15 @@ impl JobMessage {
                 id: JobId(id),
                 queue,
                 payload: body.to_vec(),
-                attempts: u32::try_from(int(header::ATTEMPTS)?.unwrap_or(0)).unwrap_or(0),
-                enqueued_at_micros: int(header::ENQUEUED_AT)?.unwrap_or(0),
-                due_micros: int(header::DUE)?,
-                dedup_key: text(header::DEDUP_KEY)?,
-                last_error: text(header::LAST_ERROR)?,
+                attempts: u32::try_from(headers.int(header::ATTEMPTS)?.unwrap_or(0)).unwrap_or(0),
+                enqueued_at_micros: headers.int(header::ENQUEUED_AT)?.unwrap_or(0),
+                due_micros: headers.int(header::DUE)?,
+                dedup_key: headers.text(header::DEDUP_KEY)?,
+                last_error: headers.text(header::LAST_ERROR)?,
                 dead,
-                death_reason,
+                death_reason: headers.death_reason(),
             },
-            u32::try_from(redeliveries).unwrap_or(0),
+            headers.redeliveries()?,
         ))
     }
 
@@ -272,6 +430,64 @@ mod tests {
         assert_eq!((claimed.attempt, claimed.lease_token), (4, 9));
         let dead = decoded.dead_letter(0);
         assert_eq!((dead.id, dead.attempts), (7, 3));
+    }
+
+    #[test]
+    fn an_envelope_carries_its_jobs_in_order() {
+        let queue = QueueName::parse("route").unwrap();
+        let jobs: Vec<ClaimedJob> = (1..=3)
+            .map(|n| ClaimedJob {
+                id: JobId(n),
+                queue: queue.clone(),
+                payload: serde_json::json!({"type": "route.v1", "n": n}),
+                attempt: 1,
+                lease_token: 0,
+                enqueued_at: from_micros(1_700_000_000_000_000 + n),
+                dedup_key: (n == 2).then(|| "AU:r2".to_owned()),
+                last_error: None,
+            })
+            .collect();
+        let refs: Vec<&ClaimedJob> = jobs.iter().collect();
+        let outgoing = encode_envelope(&queue, &refs);
+        let (carried, redeliveries) = decode(&outgoing.properties, &outgoing.body).unwrap();
+        assert_eq!(redeliveries, 0);
+        let Carried::Envelope(messages) = carried else {
+            panic!("not an envelope: {carried:?}");
+        };
+        let claimed: Vec<ClaimedJob> = messages
+            .iter()
+            .map(|message| {
+                assert_eq!((message.attempts, message.due_micros), (0, None));
+                message.claimed(1, 0)
+            })
+            .collect();
+        assert_eq!(claimed, jobs);
+        // A single job still decodes as one.
+        let single = JobMessage::decode(&messages[0].properties(), &messages[0].payload)
+            .unwrap()
+            .0;
+        let (carried, _) = decode(&single.properties(), &single.payload).unwrap();
+        assert_eq!(carried, Carried::Job(single));
+    }
+
+    #[test]
+    fn an_empty_or_malformed_envelope_is_not_a_job() {
+        let queue = QueueName::parse("route").unwrap();
+        let job = ClaimedJob {
+            id: JobId(1),
+            queue: queue.clone(),
+            payload: serde_json::json!({}),
+            attempt: 1,
+            lease_token: 0,
+            enqueued_at: from_micros(0),
+            dedup_key: None,
+            last_error: None,
+        };
+        let outgoing = encode_envelope(&queue, &[&job]);
+        let empty = decode(&outgoing.properties, b"[]").unwrap_err();
+        assert!(matches!(empty, DecodeError::EmptyEnvelope), "{empty}");
+        let garbage = decode(&outgoing.properties, br#"{"id":1}"#).unwrap_err();
+        assert!(matches!(garbage, DecodeError::Body(_)), "{garbage}");
     }
 
     #[test]

@@ -103,11 +103,17 @@ impl TestBroker {
 /// A fresh [`TestBroker`]. Panics when [`AMQP_URL_VAR`] is not set (tests that call it are
 /// ignored in that case).
 pub async fn amqp() -> TestBroker {
+    TestBroker::connect(amqp_options()).await
+}
+
+/// Options for the test RabbitMQ with a fresh queue prefix (to change before connecting a
+/// [`TestBroker`]). Panics when [`AMQP_URL_VAR`] is not set.
+pub fn amqp_options() -> igl_queue::AmqpOptions {
     let url = amqp_url().unwrap_or_else(|| panic!("{AMQP_URL_VAR} is not set"));
     let mut options = igl_queue::AmqpOptions::new(url);
     options.prefix = format!("t{}.", uuid::Uuid::new_v4().simple());
     options.connection_name = "igl-testkit".into();
-    TestBroker::connect(options).await
+    options
 }
 
 /// Environment variable naming a TLS listener of the test RabbitMQ

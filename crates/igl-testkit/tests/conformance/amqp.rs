@@ -118,7 +118,7 @@ async fn enqueue_wakes_consumers_in_other_processes() {
 #[cfg_attr(igl_skip_amqp, ignore = "set IGL_TEST_AMQP_URL to run")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn delivery_limit_dead_letters_a_poison_job() {
-    let mut options = fresh().await.options;
+    let mut options = igl_testkit::backends::amqp_options();
     options.delivery_limit = 2;
     let broker = igl_queue::AmqpQueue::connect(options).await.unwrap();
     let q = queue("poison");
