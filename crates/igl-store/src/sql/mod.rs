@@ -584,6 +584,97 @@ pub(crate) fn predicate_filter(predicate: Option<&str>) -> (Option<&str>, Option
     }
 }
 
+/// The listing statement of `filter`: `SELECT … FROM messages`, then only the conditions
+/// `filter` sets (each value bound), `ORDER BY updated_at, seq` and the page size.
+///
+/// Plain conditions are what lets the planner walk the `(status, updated_at, seq)` or
+/// `(updated_at, seq)` index from the cursor on. A fixed statement of `$n IS NULL OR …`
+/// conditions gets a generic plan (PostgreSQL after five runs, SQLite always) that walks
+/// the whole index and filters, so every page cost O(messages).
+/// `starts_with` appends the adapter's SQL for "the predicate starts with this bound
+/// prefix".
+pub(crate) fn message_listing<DB>(
+    filter: &igl_core::MessageFilter,
+    starts_with: fn(&mut sqlx::QueryBuilder<DB>, String),
+) -> sqlx::QueryBuilder<DB>
+where
+    DB: sqlx::Database,
+    <DB as sqlx::Database>::Arguments: Default,
+    for<'t> i64: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+    for<'t> String: sqlx::Encode<'t, DB> + sqlx::Type<DB>,
+{
+    let mut query =
+        sqlx::QueryBuilder::new(format!("SELECT {} FROM messages", rows::MESSAGE_COLUMNS));
+    let mut conditions = 0;
+    let mut and = |query: &mut sqlx::QueryBuilder<DB>| {
+        query.push(if conditions == 0 { " WHERE " } else { " AND " });
+        conditions += 1;
+    };
+    if let Some(since) = filter.updated_since {
+        and(&mut query);
+        query.push("updated_at >= ").push_bind(to_micros(since));
+    }
+    if let Some(status) = filter.status {
+        and(&mut query);
+        query
+            .push("status = ")
+            .push_bind(status.as_str().to_owned());
+    }
+    match predicate_filter(filter.predicate.as_deref()) {
+        (Some(exact), _) => {
+            and(&mut query);
+            query.push("predicate = ").push_bind(exact.to_owned());
+        }
+        (None, Some(prefix)) => {
+            and(&mut query);
+            starts_with(&mut query, prefix.to_owned());
+        }
+        (None, None) => {}
+    }
+    if let Some(sender) = filter.sender {
+        and(&mut query);
+        query.push("sender = ").push_bind(sender.to_string());
+    }
+    if let Some(receiver) = filter.receiver {
+        and(&mut query);
+        query.push("receiver = ").push_bind(receiver.to_string());
+    }
+    if let Some(after) = &filter.after {
+        and(&mut query);
+        query
+            .push("(updated_at, seq) > (")
+            .push_bind(after.updated_at_micros)
+            .push(", ")
+            .push_bind(after.seq)
+            .push(")");
+    }
+    query
+        .push(" ORDER BY updated_at, seq LIMIT ")
+        .push_bind(i64::from(filter.effective_limit()));
+    query
+}
+
+/// The page of a listing that asked for `limit` rows and got `rows`: a cursor after the
+/// last row when the page is full.
+pub(crate) fn message_page(
+    rows: Vec<rows::MessageRow>,
+    limit: u32,
+) -> Result<igl_core::MessagePage, StoreError> {
+    let next = (rows.len() == limit as usize)
+        .then(|| {
+            rows.last().map(|row| igl_core::Cursor {
+                updated_at_micros: row.updated_at,
+                seq: row.seq,
+            })
+        })
+        .flatten();
+    let messages = rows
+        .into_iter()
+        .map(rows::MessageRow::into_message)
+        .collect::<Result<_, _>>()?;
+    Ok(igl_core::MessagePage { messages, next })
+}
+
 /// The JSON text of a batch of jobs, bound as one parameter by the SQL adapters.
 /// The JSON rows of a batch of events: `[{"i", "k", "t", "p"}, …]`.
 pub(crate) fn events_json(events: &[igl_core::NewEvent]) -> String {

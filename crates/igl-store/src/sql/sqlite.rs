@@ -12,9 +12,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use igl_core::{
-    ClaimedJob, Cursor, DeadLetter, InsertOutcome, JobQueue, JobReceipt, MessageFilter,
-    MessagePage, MessageStore, NewEvent, NewJob, QueueDepth, QueueName, Storage, StoreError,
-    UnitOfWork, Updated,
+    ClaimedJob, DeadLetter, InsertOutcome, JobQueue, JobReceipt, MessageFilter, MessagePage,
+    MessageStore, NewEvent, NewJob, QueueDepth, QueueName, Storage, StoreError, UnitOfWork,
+    Updated,
 };
 use igl_domain::{
     Jurisdiction, Message, MessageRef, MessageStatus, MessageUpdate, Multihash, NewMessage,
@@ -26,8 +26,8 @@ use super::group::{GroupWriter, WriteTx};
 use super::rows::{DeadJobRow, JobRow, MESSAGE_COLUMNS, MessageRow};
 use super::wake::Wakeups;
 use super::{
-    duration_micros, from_micros, jobs_json, message_key, messages_json, micros_until,
-    migrate_error, missing_keys_json, new_lease_token, now_micros, predicate_filter,
+    duration_micros, from_micros, jobs_json, message_key, message_listing, message_page,
+    messages_json, micros_until, migrate_error, missing_keys_json, new_lease_token, now_micros,
     receipts_by_token, resolve_outcomes, store_error, to_micros, truncate_error,
 };
 use std::collections::HashMap;
@@ -110,45 +110,18 @@ impl MessageStore for SqliteStore {
     }
 
     async fn list_messages(&self, filter: &MessageFilter) -> Result<MessagePage, StoreError> {
-        let (exact, prefix) = predicate_filter(filter.predicate.as_deref());
-        let limit = filter.effective_limit();
-        let sql = format!(
-            "SELECT {MESSAGE_COLUMNS} FROM messages \
-             WHERE (?1 IS NULL OR updated_at >= ?1) \
-               AND (?2 IS NULL OR status = ?2) \
-               AND (?3 IS NULL OR predicate = ?3) \
-               AND (?4 IS NULL OR substr(predicate, 1, length(?4)) = ?4) \
-               AND (?5 IS NULL OR sender = ?5) \
-               AND (?6 IS NULL OR receiver = ?6) \
-               AND (?7 IS NULL OR (updated_at, seq) > (?7, ?8)) \
-             ORDER BY updated_at, seq LIMIT ?9"
-        );
-        let rows: Vec<MessageRow> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .bind(filter.updated_since.map(to_micros))
-            .bind(filter.status.map(MessageStatus::as_str))
-            .bind(exact)
-            .bind(prefix)
-            .bind(filter.sender.map(|j| j.to_string()))
-            .bind(filter.receiver.map(|j| j.to_string()))
-            .bind(filter.after.as_ref().map(|c| c.updated_at_micros))
-            .bind(filter.after.as_ref().map(|c| c.seq))
-            .bind(i64::from(limit))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(store_error)?;
-        let next = (rows.len() == limit as usize)
-            .then(|| {
-                rows.last().map(|r| Cursor {
-                    updated_at_micros: r.updated_at,
-                    seq: r.seq,
-                })
-            })
-            .flatten();
-        let messages = rows
-            .into_iter()
-            .map(MessageRow::into_message)
-            .collect::<Result<_, _>>()?;
-        Ok(MessagePage { messages, next })
+        let rows: Vec<MessageRow> = message_listing(filter, |query, prefix| {
+            query
+                .push("substr(predicate, 1, ")
+                .push_bind(i64::try_from(prefix.chars().count()).unwrap_or(i64::MAX))
+                .push(") = ")
+                .push_bind(prefix);
+        })
+        .build_query_as()
+        .fetch_all(&self.reader)
+        .await
+        .map_err(store_error)?;
+        message_page(rows, filter.effective_limit())
     }
 }
 
