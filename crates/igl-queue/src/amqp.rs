@@ -52,7 +52,9 @@
 //!   envelope goes back);
 //! - an envelope that comes back **redelivered** (its consumer died or lost its connection)
 //!   is split by the next claim into single jobs (confirmed, then the envelope is acked),
-//!   each counting the redelivery as an attempt. Jobs the dead consumer had finished run once
+//!   each counting one attempt: its jobs were handed out on its first delivery only (any
+//!   later claim splits it), so further returns — from consumers that had only prefetched
+//!   it — are not attempts. Jobs the dead consumer had finished run once
 //!   more (at least once, as after any crash), and the delivery limit keeps isolating a job
 //!   that kills its consumers, because from then on it travels alone;
 //! - retries, delayed jobs and dead letters always travel alone. An envelope the broker
@@ -663,12 +665,15 @@ impl Inner {
             Carried::Envelope(jobs) if redeliveries > 0 => {
                 // Came back (its consumer died or lost its connection): each job becomes a
                 // message of its own, so that the delivery limit isolates a job that kills
-                // its consumers, and jobs already done run at most once more.
+                // its consumers, and jobs already done run at most once more. Its jobs were
+                // handed out on its first delivery only (any later claim splits it), so
+                // that is the one attempt to count: its other returns were from consumers
+                // that had only prefetched it.
                 let route = self.name(queue);
                 let copies = jobs
                     .into_iter()
                     .map(|job| {
-                        let attempts = job.attempts.saturating_add(redeliveries);
+                        let attempts = job.attempts.saturating_add(1);
                         (route.clone(), JobMessage { attempts, ..job })
                     })
                     .collect();

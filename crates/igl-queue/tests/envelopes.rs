@@ -97,7 +97,8 @@ async fn an_envelope_is_claimed_job_by_job_and_acked_once_all_are_done() {
 
 /// A consumer that dies with an envelope partly done (its connection drops): the broker
 /// redelivers the whole envelope, which the next claim splits into single jobs, so each
-/// job runs again as attempt 2 (at least once), and the split envelope never comes back.
+/// job runs again as attempt 2 (at least once) — also when another consumer that had only
+/// prefetched the envelope died in between — and the split envelope never comes back.
 #[cfg_attr(igl_skip_amqp, ignore = "set IGL_TEST_AMQP_URL to run")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_envelope_of_a_dead_consumer_comes_back_as_single_jobs() {
@@ -113,6 +114,11 @@ async fn an_envelope_of_a_dead_consumer_comes_back_as_single_jobs() {
     assert_eq!(broker.queue.ack(&[held[0].receipt()]).await.unwrap(), 1);
     // "Crash": the connection goes, with the envelope unacked.
     broker.queue.close().await;
+    // A consumer that only prefetched the envelope dies too: a return that is no attempt.
+    let prefetcher = AmqpQueue::connect(broker.options.clone()).await.unwrap();
+    prefetcher.wait_for_jobs(&q, Duration::from_secs(10)).await;
+    assert_eq!(depth(&prefetcher, &q).await.1, 1, "prefetched, not claimed");
+    prefetcher.close().await;
 
     let survivor = AmqpQueue::connect(broker.options.clone()).await.unwrap();
     // The first claim splits the envelope (and hands out nothing); later ones get the jobs.
