@@ -374,7 +374,8 @@ pub struct AmqpSettings {
     /// lets several nodes share a vhost. 1 to 64 characters of `[a-z0-9._-]`. Default `igl.`.
     pub prefix: String,
     /// Deliveries a consumer may hold before claiming them (`basic.qos`), 1 to 10000.
-    /// Default 64.
+    /// Default 64. An envelope is one delivery, so a consumer may hold up to `prefetch ×
+    /// jobs_per_message` jobs; the broker hands deliveries to a queue's consumers in turn.
     pub prefetch: u16,
     /// The quorum queues' `x-delivery-limit`: a job returned to its queue this many times
     /// (crashed workers, expired leases) is dead-lettered by the broker, at least 1.
