@@ -607,13 +607,17 @@ fn spawn_worker(
     }
     // Deliveries and verifications wait on other parties' servers: handle many at once so
     // one slow subscriber does not hold up the others (a worker claims again as slots
-    // free up, so a slow job holds up only its own slot).
+    // free up, so a slow job holds up only its own slot). Route jobs wait on the channel
+    // (a medium commit; blocks on a chain): with 16 at a time, a router carried ~100 msg/s
+    // in `igl bench cluster` whatever the CPU left (docs/benchmarks.md, session 7).
     let (workers_count, claim_batch, concurrency) = if queue == DELIVER_QUEUE {
         (4, 8, 8)
     } else if queue == REDELIVER_QUEUE {
         (8, 16, 16)
     } else if queue == VERIFY_QUEUE {
         (1, settings.queue.claim_batch as usize, 128)
+    } else if queue == ROUTE_QUEUE {
+        (1, settings.queue.claim_batch as usize, 64)
     } else {
         (1, settings.queue.claim_batch as usize, 16)
     };

@@ -254,14 +254,20 @@ pub async fn run_cluster_bench(args: ClusterBenchArgs) -> anyhow::Result<()> {
             }
             println!("\nreplica curve of {group}:");
             for run in &runs {
+                let count = run.replicas.get(&group).copied().unwrap_or_default();
+                if !args.ramp {
+                    // One constant-rate step per run: its latencies are the curve.
+                    let step = run.steps.last().map_or_else(String::new, |s| s.summary());
+                    println!("  {group}={count:<3} {step}");
+                    continue;
+                }
                 let best = run
                     .steps
                     .iter()
                     .map(|step| step.stored_per_second)
                     .fold(0.0, f64::max);
                 println!(
-                    "  {group}={:<3} highest sustained {:>6}  best stored/s {best:>7.0}",
-                    run.replicas.get(&group).copied().unwrap_or_default(),
+                    "  {group}={count:<3} highest sustained {:>6}  best stored/s {best:>7.0}",
                     run.highest_sustained_rate
                         .map_or("none".to_owned(), |rate| format!("{rate}/s")),
                 );

@@ -94,6 +94,25 @@ pub(super) struct StepResult {
     pub(super) sustained: bool,
 }
 
+impl StepResult {
+    /// One line for summaries: rate, SG and accepted percentiles, and whether it held.
+    pub(super) fn summary(&self) -> String {
+        format!(
+            "{}/s: SG p50 {:.0} / p99 {:.0} ms, accepted p99 {:.0} ms, stored {:.0}/s, {}",
+            self.rate,
+            self.latency_ms.p50,
+            self.latency_ms.p99,
+            self.accepted_latency_ms.p99,
+            self.stored_per_second,
+            if self.sustained {
+                "sustained"
+            } else {
+                "not sustained"
+            }
+        )
+    }
+}
+
 #[derive(Debug, Serialize)]
 struct Latency {
     p50: f64,
