@@ -1567,18 +1567,7 @@ mod tests {
         options.prefix = format!("t{}.", rand::random::<u32>());
         let broker = AmqpQueue::connect(options).await.unwrap();
         let q = QueueName::parse("env-dead").unwrap();
-        let jobs: Vec<ClaimedJob> = (1..=2)
-            .map(|n| ClaimedJob {
-                id: JobId(n),
-                queue: q.clone(),
-                payload: serde_json::json!({"n": n}),
-                attempt: 1,
-                lease_token: 0,
-                enqueued_at: igl_domain::Timestamp::now_utc(),
-                dedup_key: None,
-                last_error: None,
-            })
-            .collect();
+        let jobs = crate::message::outbox_jobs(&q, 2);
         let refs: Vec<&ClaimedJob> = jobs.iter().collect();
         broker.inner.queue_channel(&q).await.unwrap();
         let dead = broker.inner.dead_name(&q);

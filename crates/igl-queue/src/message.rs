@@ -71,18 +71,12 @@ pub(crate) struct Outgoing {
     pub body: Vec<u8>,
 }
 
-impl From<&JobMessage> for Outgoing {
-    fn from(message: &JobMessage) -> Self {
-        Outgoing {
-            properties: message.properties(),
-            body: message.payload.clone(),
-        }
-    }
-}
-
 impl From<JobMessage> for Outgoing {
     fn from(message: JobMessage) -> Self {
-        Outgoing::from(&message)
+        Outgoing {
+            properties: message.properties(),
+            body: message.payload,
+        }
     }
 }
 
@@ -96,14 +90,16 @@ struct EnvelopeEntry<'a> {
     payload: &'a serde_json::Value,
 }
 
-/// [`EnvelopeEntry`] as read back.
+/// [`EnvelopeEntry`] as read back (the payload kept as its JSON text: it is parsed once,
+/// when the job is claimed).
 #[derive(serde::Deserialize)]
-struct ReadEntry {
+struct ReadEntry<'a> {
     id: i64,
     enqueued_at: i64,
     #[serde(default)]
     dedup_key: Option<String>,
-    payload: serde_json::Value,
+    #[serde(borrow)]
+    payload: &'a serde_json::value::RawValue,
 }
 
 /// One message carrying the fresh jobs `jobs` (all of `queue`, at least one; each keeps its
@@ -156,7 +152,7 @@ pub(crate) fn decode(
         .text(header::QUEUE)?
         .ok_or(DecodeError::Missing(header::QUEUE))?;
     let queue = QueueName::parse(&queue).map_err(DecodeError::Queue)?;
-    let entries: Vec<ReadEntry> = serde_json::from_slice(body).map_err(DecodeError::Body)?;
+    let entries: Vec<ReadEntry<'_>> = serde_json::from_slice(body).map_err(DecodeError::Body)?;
     if entries.is_empty() {
         return Err(DecodeError::EmptyEnvelope);
     }
@@ -166,7 +162,7 @@ pub(crate) fn decode(
         .map(|entry| JobMessage {
             id: JobId(entry.id),
             queue: queue.clone(),
-            payload: serde_json::to_vec(&entry.payload).expect("JSON values always serialize"),
+            payload: entry.payload.get().as_bytes().to_vec(),
             attempts: 0,
             enqueued_at_micros: entry.enqueued_at,
             due_micros: None,
@@ -403,6 +399,24 @@ pub(crate) fn time_ordered_id() -> i64 {
         .saturating_add(rand::random_range(0..1024))
 }
 
+/// `count` committed outbox jobs of `queue` as a relay takes them: ids and `n` from 1, the
+/// second with a dedup key.
+#[cfg(test)]
+pub(crate) fn outbox_jobs(queue: &QueueName, count: i64) -> Vec<ClaimedJob> {
+    (1..=count)
+        .map(|n| ClaimedJob {
+            id: JobId(n),
+            queue: queue.clone(),
+            payload: serde_json::json!({"type": "route.v1", "n": n}),
+            attempt: 1,
+            lease_token: 0,
+            enqueued_at: from_micros(1_700_000_000_000_000 + n),
+            dedup_key: (n == 2).then(|| "AU:r2".to_owned()),
+            last_error: None,
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -435,18 +449,7 @@ mod tests {
     #[test]
     fn an_envelope_carries_its_jobs_in_order() {
         let queue = QueueName::parse("route").unwrap();
-        let jobs: Vec<ClaimedJob> = (1..=3)
-            .map(|n| ClaimedJob {
-                id: JobId(n),
-                queue: queue.clone(),
-                payload: serde_json::json!({"type": "route.v1", "n": n}),
-                attempt: 1,
-                lease_token: 0,
-                enqueued_at: from_micros(1_700_000_000_000_000 + n),
-                dedup_key: (n == 2).then(|| "AU:r2".to_owned()),
-                last_error: None,
-            })
-            .collect();
+        let jobs = outbox_jobs(&queue, 3);
         let refs: Vec<&ClaimedJob> = jobs.iter().collect();
         let outgoing = encode_envelope(&queue, &refs);
         let (carried, redeliveries) = decode(&outgoing.properties, &outgoing.body).unwrap();
@@ -473,17 +476,8 @@ mod tests {
     #[test]
     fn an_empty_or_malformed_envelope_is_not_a_job() {
         let queue = QueueName::parse("route").unwrap();
-        let job = ClaimedJob {
-            id: JobId(1),
-            queue: queue.clone(),
-            payload: serde_json::json!({}),
-            attempt: 1,
-            lease_token: 0,
-            enqueued_at: from_micros(0),
-            dedup_key: None,
-            last_error: None,
-        };
-        let outgoing = encode_envelope(&queue, &[&job]);
+        let jobs = outbox_jobs(&queue, 1);
+        let outgoing = encode_envelope(&queue, &[&jobs[0]]);
         let empty = decode(&outgoing.properties, b"[]").unwrap_err();
         assert!(matches!(empty, DecodeError::EmptyEnvelope), "{empty}");
         let garbage = decode(&outgoing.properties, br#"{"id":1}"#).unwrap_err();
